@@ -1,0 +1,48 @@
+"""The ``comsl`` command: ``prepare | train | evaluate | score | translate | convert | fetch``.
+
+Each subcommand lives in ``comsl/commands/<name>.py`` and exposes
+``register(subparsers)``, which adds its parser and sets ``func`` to the function that runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from comsl.errors import ComSLError
+
+# Subcommand -> module; order is the order shown in ``comsl --help``.
+COMMANDS = ("prepare", "train", "evaluate", "score", "translate", "convert", "fetch")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="comsl", description="Composite speech-language models for speech translation."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"comsl.commands.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except ComSLError as err:
+        # Expected user-facing failures: one clear line, no traceback.
+        print(f"comsl {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

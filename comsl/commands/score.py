@@ -1,0 +1,12 @@
+"""`comsl score`: not implemented yet."""
+
+from comsl.errors import ComSLError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("score", help="(not available yet)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    raise ComSLError("'comsl score' is not available yet in this version")
