@@ -1,0 +1,463 @@
+"""Experiment configs: dataclasses with paper defaults, strict YAML loading, dotted overrides.
+
+Every field carries a docstring underneath it. Loading rejects unknown keys and wrong types and
+reports *all* problems at once, each with its key path (``optim.lr: expected float, got str``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from comsl.errors import ConfigError
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    """Which backbones make up the composite and how they are initialised."""
+
+    speech_encoder: Literal["whisper", "wav2vec2", "hubert", "w2v_bert"] = "whisper"
+    """Speech block family (Whisper's encoder is the paper's choice)."""
+
+    speech_pretrained: str | None = None
+    """Local Hugging Face directory of the pretrained speech model; None = random init from ``speech_arch``."""
+
+    speech_arch: dict[str, Any] = field(default_factory=dict)
+    """Config overrides for a randomly initialised speech encoder (e.g. a tiny one for tests)."""
+
+    text_model: Literal["mbart", "m2m100", "nllb"] = "mbart"
+    """Language block family: mBART-50 (paper), or M2M100 / NLLB."""
+
+    text_pretrained: str | None = None
+    """Local Hugging Face directory of the pretrained text model; None = random init from ``text_arch``."""
+
+    text_arch: dict[str, Any] = field(default_factory=dict)
+    """Config overrides for a randomly initialised text model (vocab size comes from the tokenizer)."""
+
+    tokenizer: str | None = None
+    """Tokenizer directory; None = the one saved in ``text_pretrained``."""
+
+    max_speech_seconds: float = 11.0
+    """Longest utterance the speech encoder accepts (positional table sliced to the real length)."""
+
+    adapter_dropout: float = 0.1
+    """Dropout inside the length adapter."""
+
+    speech_dropout: float = 0.0
+    """Dropout in the speech blocks (paper: none)."""
+
+    text_dropout: float = 0.1
+    """Dropout in the language blocks (paper: 0.1 in stage 2, 0.3 in stage 1)."""
+
+    text_attention_dropout: float = 0.0
+    """Attention dropout in the language blocks (paper: 0 in stage 2, 0.1 in stage 1)."""
+
+    activation_checkpointing: bool = False
+    """Recompute encoder/decoder layer activations in backward to save memory."""
+
+
+@dataclass(kw_only=True)
+class ObjectiveConfig:
+    """Loss weights and hyper-parameters (paper §3.3-3.4, App. C). A weight of 0 skips that part."""
+
+    w_asr: float = 0.35
+    """Weight of the ASR loss (speech -> transcript)."""
+
+    w_st: float = 0.35
+    """Weight of the ST loss with decoder distribution matching."""
+
+    w_mt: float = 0.2
+    """Weight of the MT loss with teacher regularisation."""
+
+    w_cml: float = 0.1
+    """Weight of the cross-modality learning loss (MTP, STM, ERM)."""
+
+    lambda_st: float = 0.8
+    """DDM mix: share of the (stop-gradient) MT distribution in the ST target."""
+
+    lambda_mt: float = 0.2
+    """MT regularisation mix: share of the frozen teacher's distribution in the MT target."""
+
+    w_erm: float = 0.1
+    """Weight of encoder representation matching inside L_CML."""
+
+    erm_layer: int = 4
+    """Text-encoder layer whose hidden states ERM matches (1-based; clipped to the encoder depth)."""
+
+    mask_prob: float = 0.15
+    """Probability of masking a transcript token for MTP (never pad, eos or language tokens)."""
+
+    w_ctc: float = 0.0
+    """Weight of CTC on the speech-encoder output against the transcript (mSLAM); 0 = off."""
+
+    w_match: float = 0.0
+    """Weight of speech-text matching (SLAM); 0 = off."""
+
+    label_smoothing: float = 0.0
+    """Label smoothing of the cross-entropy targets."""
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    """Where the prepared manifests are and how batches are formed."""
+
+    train_manifest: str = ""
+    """Training manifest TSV written by ``comsl prepare`` (``<dir>/train.tsv``)."""
+
+    dev_manifest: str | None = None
+    """Dev manifest for periodic BLEU; None = no dev evaluation."""
+
+    langs: list[str] = field(default_factory=list)
+    """Source languages to use (CoVoST codes); empty = every language in the manifest."""
+
+    max_frames_per_batch: int = 48000
+    """Cap on padded speech frames (10 ms) per batch: B x longest utterance."""
+
+    max_tokens_per_batch: int = 4096
+    """Cap on padded target tokens per batch."""
+
+    cache_audio: bool = True
+    """Keep decoded 16 kHz audio in memory after the first epoch."""
+
+    max_fail_fraction: float = 0.01
+    """Stop when more than this fraction of utterances fails to decode at run time."""
+
+    dev_max_utterances: int = 200
+    """Cap on dev utterances per language decoded at each evaluation."""
+
+
+@dataclass(kw_only=True)
+class OptimConfig:
+    """AdamW with polynomial decay, as in the paper."""
+
+    lr: float = 2e-5
+    """Peak learning rate."""
+
+    lr_per_part: dict[str, float] = field(default_factory=dict)
+    """Peak learning rate per part (speech_encoder, adapter, text_encoder, text_decoder); others use lr."""
+
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    """Adam betas."""
+
+    eps: float = 1e-8
+    """Adam epsilon."""
+
+    weight_decay: float = 0.1
+    """Decoupled weight decay, not applied to biases and norms."""
+
+    warmup_steps: int = 5000
+    """Linear warm-up steps."""
+
+    power: float = 2.0
+    """Power of the polynomial decay after warm-up."""
+
+    end_lr: float = 0.0
+    """Learning rate reached at the last step."""
+
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm; 0 disables clipping."""
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """The training run: stage, engine, length, checkpoints and logging."""
+
+    stage: Literal["mt", "comsl"] = "comsl"
+    """``mt``: stage 1, fine-tune the text model on transcript->translation; ``comsl``: stage 2 multi-task."""
+
+    out_dir: str = "runs/comsl"
+    """Run directory: checkpoints, metrics.jsonl, TensorBoard events, resolved config."""
+
+    init_from: str | None = None
+    """Exported model directory to initialise from (stage 2: the stage-1 model for the language blocks)."""
+
+    teacher: str | None = None
+    """Exported stage-1 model used as the frozen MT teacher (needed when w_mt > 0 and lambda_mt > 0)."""
+
+    max_steps: int = 100000
+    """Optimizer steps to train."""
+
+    grad_accum: int = 1
+    """Micro-batches accumulated per optimizer step."""
+
+    engine: Literal["torch", "deepspeed"] = "torch"
+    """``torch``: plain PyTorch (single process or DDP under torchrun); ``deepspeed``: ZeRO."""
+
+    deepspeed_config: str | None = None
+    """DeepSpeed JSON (``configs/deepspeed/zero2.json``); batch, optimizer and precision are filled in from here."""
+
+    zero_stage: int | None = None
+    """Override the ZeRO stage of ``deepspeed_config`` (0-3)."""
+
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Training precision."""
+
+    seed: int = 1
+    """Seed for initialisation, masking, dropout and batch order."""
+
+    freeze_speech_fraction: float = 1 / 3
+    """Speech blocks are frozen for this fraction of the training steps (paper: first third)."""
+
+    speech_trainable: bool = True
+    """Train the speech blocks (after the freezing period)."""
+
+    adapter_trainable: bool = True
+    """Train the length adapter."""
+
+    text_encoder_trainable: bool = True
+    """Train the text encoder."""
+
+    text_decoder_trainable: bool = True
+    """Train the text decoder."""
+
+    log_every: int = 10
+    """Steps between metrics.jsonl / TensorBoard records."""
+
+    eval_every: int = 1000
+    """Steps between dev BLEU evaluations (0 = only at the end)."""
+
+    eval_beam: int = 1
+    """Beam size of the periodic dev evaluation (final evaluation uses ``comsl evaluate``)."""
+
+    save_every: int = 1000
+    """Steps between checkpoints."""
+
+    keep_last: int = 2
+    """Most recent checkpoints kept."""
+
+    keep_best: int = 1
+    """Best checkpoints by dev BLEU kept."""
+
+    max_nonfinite_steps: int = 10
+    """Consecutive non-finite losses tolerated (each step skipped) before the run stops."""
+
+
+@dataclass(kw_only=True)
+class ExperimentConfig:
+    """Everything ``comsl train`` needs."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Backbones and initialisation."""
+
+    objectives: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    """Loss weights."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    """Manifests and batching."""
+
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimizer and schedule."""
+
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Run control."""
+
+
+# --------------------------------------------------------------------------- strict loading
+
+
+def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "null"
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is not None:
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in typing.get_args(tp))}]"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, path: str, errors: list[str]) -> Any:
+    """Check ``value`` against annotation ``tp``; return the converted value, append errors."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            errors.append(f"{path}: expected a mapping, got {type(value).__name__}")
+            return None
+        return _build(tp, value, path, errors)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            trial: list[str] = []
+            out = _convert(value, arg, path, trial)
+            if not trial:
+                return out
+        errors.append(f"{path}: expected {_type_name(tp)}, got {type(value).__name__} ({value!r})")
+        return None
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            errors.append(f"{path}: expected one of {_type_name(tp)}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            errors.append(f"{path}: expected a list, got {type(value).__name__}")
+            return None
+        (item_tp,) = typing.get_args(tp)
+        return [_convert(v, item_tp, f"{path}[{i}]", errors) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            errors.append(f"{path}: expected a mapping, got {type(value).__name__}")
+            return None
+        _, val_tp = typing.get_args(tp)
+        return {str(k): _convert(v, val_tp, f"{path}.{k}", errors) for k, v in value.items()}
+    if tp is float:
+        # YAML reads 2e-5 as a string (no dot in the mantissa); accept numeric strings of that form.
+        if isinstance(value, bool):
+            errors.append(f"{path}: expected float, got bool")
+            return None
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        errors.append(f"{path}: expected float, got {type(value).__name__} ({value!r})")
+        return None
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            errors.append(f"{path}: expected int, got {type(value).__name__} ({value!r})")
+            return None
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            errors.append(f"{path}: expected bool, got {type(value).__name__} ({value!r})")
+            return None
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            errors.append(f"{path}: expected str, got {type(value).__name__} ({value!r})")
+            return None
+        return value
+    raise TypeError(f"unsupported config annotation {tp!r} at {path}")
+
+
+def _build(cls: type, data: dict, prefix: str, errors: list[str]) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), sorted(names), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f"; valid keys: {', '.join(sorted(names))}"
+            errors.append(f"{path}: unknown key{hint}")
+            continue
+        kwargs[key] = _convert(value, hints[key], path, errors)
+    return cls(**kwargs)
+
+
+def from_dict(cls: type, data: dict, source: str = "config") -> Any:
+    """Build dataclass ``cls`` from a nested dict, strictly. Raises ConfigError listing every problem."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    errors: list[str] = []
+    obj = _build(cls, data, "", errors)
+    if errors:
+        raise ConfigError(f"{source}: {len(errors)} invalid entr{'y' if len(errors) == 1 else 'ies'}:\n  "
+                          + "\n  ".join(errors))
+    validate(obj, source)
+    return obj
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """Turn ``["optim.lr=1e-4", "data.langs=[fr,de]"]`` into a nested dict (values parsed as YAML)."""
+    out: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key.path=value")
+        key, raw = item.split("=", 1)
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+    return out
+
+
+def merge(base: dict, update: dict) -> dict:
+    """Recursively merge ``update`` into a copy of ``base``."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None, cls: type = ExperimentConfig) -> Any:
+    """Load a YAML config with optional dotted overrides. Raises ConfigError naming the file and keys."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if overrides:
+        data = merge(data, parse_overrides(overrides))
+    return from_dict(cls, data, source=str(path))
+
+
+def to_dict(cfg: Any) -> dict:
+    """Plain nested dict of a config (for saving the resolved config)."""
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    """Write the resolved config as YAML."""
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def validate(cfg: Any, source: str = "config") -> None:
+    """Value checks beyond types (ranges, required combinations). Raises ConfigError listing all."""
+    if not isinstance(cfg, ExperimentConfig):
+        return
+    errors = []
+    o, t, op = cfg.objectives, cfg.train, cfg.optim
+    for name in ("w_asr", "w_st", "w_mt", "w_cml", "w_erm", "w_ctc", "w_match"):
+        if getattr(o, name) < 0:
+            errors.append(f"objectives.{name}: must be >= 0, got {getattr(o, name)}")
+    for name in ("lambda_st", "lambda_mt", "mask_prob", "label_smoothing"):
+        if not 0.0 <= getattr(o, name) <= 1.0:
+            errors.append(f"objectives.{name}: must be in [0, 1], got {getattr(o, name)}")
+    if o.erm_layer < 1:
+        errors.append(f"objectives.erm_layer: must be >= 1, got {o.erm_layer}")
+    if not 0.0 <= t.freeze_speech_fraction <= 1.0:
+        errors.append(f"train.freeze_speech_fraction: must be in [0, 1], got {t.freeze_speech_fraction}")
+    if t.max_steps < 1:
+        errors.append(f"train.max_steps: must be >= 1, got {t.max_steps}")
+    if t.grad_accum < 1:
+        errors.append(f"train.grad_accum: must be >= 1, got {t.grad_accum}")
+    if t.zero_stage is not None and t.zero_stage not in (0, 1, 2, 3):
+        errors.append(f"train.zero_stage: must be 0, 1, 2 or 3, got {t.zero_stage}")
+    if t.engine == "deepspeed" and not t.deepspeed_config and t.zero_stage is None:
+        errors.append("train.deepspeed_config: required with engine=deepspeed (or set train.zero_stage)")
+    if op.lr <= 0:
+        errors.append(f"optim.lr: must be > 0, got {op.lr}")
+    if len(op.betas) != 2:
+        errors.append(f"optim.betas: expected two values, got {len(op.betas)}")
+    parts = {"speech_encoder", "adapter", "text_encoder", "text_decoder"}
+    for key in op.lr_per_part:
+        if key not in parts:
+            errors.append(f"optim.lr_per_part.{key}: unknown part; valid: {', '.join(sorted(parts))}")
+    if not cfg.data.train_manifest:
+        errors.append("data.train_manifest: required (a manifest written by `comsl prepare`)")
+    if errors:
+        raise ConfigError(f"{source}: {len(errors)} invalid value{'s' if len(errors) > 1 else ''}:\n  "
+                          + "\n  ".join(errors))
