@@ -1,0 +1,269 @@
+"""Builders: compose a ComSL model from backbone configs, then (a separate step) load pretrained parts.
+
+``build_model`` reads only configs (from a ``ModelConfig`` and the tokenizer), constructs a randomly
+initialised composite, and, when the config names pretrained directories, loads their weights strictly
+with ``load_pretrained_parts``: every key of the target part must be found (missing keys are an error),
+keys under the matched prefix that the part does not have are an error, and keys outside it (Whisper's
+decoder, a CTC head) are counted as ignored in the report.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from transformers import AutoConfig, PreTrainedConfig
+
+from comsl.config import ModelConfig
+from comsl.errors import CheckpointError, ConfigError
+from comsl.models.composite import ComSLConfig, ComSLModel
+from comsl.models.speech_encoders import SPEECH_ENCODERS
+from comsl.models.text_models import TEXT_MODELS
+
+log = logging.getLogger(__name__)
+
+# Tiny architectures for tests and CPU smoke runs (hidden 16-32, 2 layers): seconds per step.
+TINY_SPEECH_ARCH: dict[str, dict] = {
+    "whisper": dict(d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64,
+                    decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=64, num_mel_bins=80,
+                    max_source_positions=550, vocab_size=64, pad_token_id=0, bos_token_id=1,
+                    eos_token_id=2, decoder_start_token_id=1),
+    "wav2vec2": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                     conv_dim=(16, 16), conv_kernel=(10, 3), conv_stride=(5, 2), num_conv_pos_embeddings=16,
+                     num_conv_pos_embedding_groups=2, feat_extract_norm="layer", do_stable_layer_norm=True,
+                     vocab_size=32, mask_time_prob=0.0),
+    "hubert": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                   conv_dim=(16, 16), conv_kernel=(10, 3), conv_stride=(5, 2), num_conv_pos_embeddings=16,
+                   num_conv_pos_embedding_groups=2, feat_extract_norm="layer", do_stable_layer_norm=True,
+                   vocab_size=32, mask_time_prob=0.0),
+    "w2v_bert": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                     feature_projection_input_dim=160, conv_depthwise_kernel_size=3, add_adapter=False,
+                     vocab_size=32, mask_time_prob=0.0, position_embeddings_type="relative_key",
+                     left_max_position_embeddings=8, right_max_position_embeddings=8),
+}
+TINY_TEXT_ARCH: dict = dict(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
+                            decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                            max_position_embeddings=256)
+
+_TEXT_MODEL_TYPE = {"mbart": "mbart", "m2m100": "m2m_100", "nllb": "m2m_100"}
+
+
+@dataclass
+class LoadReport:
+    """What strict loading of one part did."""
+
+    part: str
+    source: str
+    loaded: int = 0
+    ignored: list[str] = field(default_factory=list)
+    """Keys in the checkpoint outside the part (e.g. Whisper's decoder)."""
+
+    def __str__(self) -> str:
+        return f"{self.part}: {self.loaded} tensors from {self.source} ({len(self.ignored)} outside the part ignored)"
+
+
+# ------------------------------------------------------------------ configs
+
+
+def _apply_dropout(kind: str, cfg: PreTrainedConfig, p: float) -> None:
+    names = {"whisper": ("dropout", "attention_dropout", "activation_dropout"),
+             "mbart": ("dropout",), "m2m100": ("dropout",), "nllb": ("dropout",)}.get(
+        kind, ("hidden_dropout", "attention_dropout", "activation_dropout", "feat_proj_dropout"))
+    for name in names:
+        if hasattr(cfg, name):
+            setattr(cfg, name, p)
+
+
+def speech_config_from(model_cfg: ModelConfig) -> PreTrainedConfig:
+    """The speech-encoder config: from the pretrained directory, or the family default + ``speech_arch``."""
+    kind = model_cfg.speech_encoder
+    config_cls = SPEECH_ENCODERS[kind][0]
+    if model_cfg.speech_pretrained:
+        cfg = AutoConfig.from_pretrained(_existing_dir(model_cfg.speech_pretrained, "model.speech_pretrained"))
+        if not isinstance(cfg, config_cls):
+            raise ConfigError(
+                f"model.speech_pretrained: {model_cfg.speech_pretrained} holds a {cfg.model_type!r} model, "
+                f"but model.speech_encoder is {kind!r}"
+            )
+        for key, value in model_cfg.speech_arch.items():
+            setattr(cfg, key, value)
+    else:
+        try:
+            cfg = config_cls(**model_cfg.speech_arch)
+        except TypeError as err:
+            raise ConfigError(f"model.speech_arch: {err}") from err
+    _apply_dropout(kind, cfg, model_cfg.speech_dropout)
+    return cfg
+
+
+def text_config_from(model_cfg: ModelConfig, tokenizer) -> PreTrainedConfig:
+    """The text-model config: from the pretrained directory, or the family default + ``text_arch`` with
+    the tokenizer's vocabulary size and special ids."""
+    family = model_cfg.text_model
+    config_cls = TEXT_MODELS[family][0]
+    if model_cfg.text_pretrained:
+        cfg = AutoConfig.from_pretrained(_existing_dir(model_cfg.text_pretrained, "model.text_pretrained"))
+        if not isinstance(cfg, config_cls):
+            raise ConfigError(
+                f"model.text_pretrained: {model_cfg.text_pretrained} holds a {cfg.model_type!r} model, "
+                f"but model.text_model is {family!r}"
+            )
+        for key, value in model_cfg.text_arch.items():
+            setattr(cfg, key, value)
+    else:
+        arch = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                    bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                    decoder_start_token_id=tokenizer.eos_token_id, scale_embedding=True)
+        arch.update(model_cfg.text_arch)
+        try:
+            cfg = config_cls(**arch)
+        except TypeError as err:
+            raise ConfigError(f"model.text_arch: {err}") from err
+    cfg.dropout = model_cfg.text_dropout
+    cfg.attention_dropout = model_cfg.text_attention_dropout
+    return cfg
+
+
+def _existing_dir(path: str, field_name: str) -> Path:
+    p = Path(path)
+    if not (p / "config.json").is_file():
+        raise ConfigError(f"{field_name}: {path} is not a Hugging Face model directory (no config.json)")
+    return p
+
+
+# ------------------------------------------------------------------ weights
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of a Hugging Face model directory (safetensors, sharded or not; or a torch .bin
+    loaded with ``weights_only=True``). Raises CheckpointError when none is found."""
+    path = Path(path)
+    index = path / "model.safetensors.index.json"
+    if (path / "model.safetensors").is_file():
+        return load_file(path / "model.safetensors")
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        state: dict[str, torch.Tensor] = {}
+        for shard in shards:
+            state.update(load_file(path / shard))
+        return state
+    if (path / "pytorch_model.bin").is_file():
+        return torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    raise CheckpointError(f"{path}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
+
+
+def load_part(module: nn.Module, state: dict[str, torch.Tensor], part: str, source: str,
+              tied: set[str] = frozenset()) -> LoadReport:
+    """Load the tensors of ``state`` that belong to ``module`` (matched by the most common key prefix),
+    strictly. ``tied`` names target keys that may be absent because they are tied to another.
+
+    Raises CheckpointError listing missing keys, unexpected keys under the prefix and shape mismatches.
+    """
+    target = module.state_dict()
+    prefixes: Counter[str] = Counter()
+    for skey in state:
+        for tkey in target:
+            if skey.endswith(tkey) and (len(skey) == len(tkey) or skey[-len(tkey) - 1] == "."):
+                prefixes[skey[: len(skey) - len(tkey)]] += 1
+    if not prefixes:
+        raise CheckpointError(f"{source}: no tensor matches the {part} ({type(module).__name__}); "
+                              "is this the right model directory?")
+    prefix = max(prefixes, key=lambda p: (prefixes[p], -len(p)))
+    mine = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    ignored = sorted(k for k in state if not k.startswith(prefix))
+    missing = sorted(k for k in target if k not in mine and k not in tied)
+    unexpected = sorted(k for k in mine if k not in target)
+    bad_shape = sorted(f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(target[k].shape)}"
+                       for k, v in mine.items() if k in target and v.shape != target[k].shape)
+    problems = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", bad_shape)):
+        if keys:
+            shown = ", ".join(keys[:8]) + (f" ... ({len(keys)} in all)" if len(keys) > 8 else "")
+            problems.append(f"{label}: {shown}")
+    if problems:
+        raise CheckpointError(f"{source}: cannot load the {part} strictly (prefix {prefix!r}): " + "; ".join(problems))
+    module.load_state_dict({k: v for k, v in mine.items() if k in target}, strict=False)
+    return LoadReport(part, source, loaded=len(mine), ignored=ignored)
+
+
+def load_pretrained_parts(model: ComSLModel, model_cfg: ModelConfig, tokenizer=None) -> list[LoadReport]:
+    """Load the pretrained speech and text backbones named in ``model_cfg`` into ``model``, then grow the
+    text vocabulary to the tokenizer's (new language codes such as ``ca_ES``/``cy_GB``)."""
+    reports = []
+    if model_cfg.speech_pretrained:
+        state = read_state_dict(model_cfg.speech_pretrained)
+        reports.append(load_part(model.speech_encoder.encoder, state, "speech encoder", model_cfg.speech_pretrained))
+    if model_cfg.text_pretrained:
+        state = read_state_dict(model_cfg.text_pretrained)
+        tied = set(getattr(model.text_model, "all_tied_weights_keys", {}) or {})
+        reports.append(load_part(model.text_model, state, "text model", model_cfg.text_pretrained, tied))
+        model.text_model.tie_weights()
+    if tokenizer is not None and len(tokenizer) > model.config.text_config.vocab_size:
+        log.info("resizing text embeddings %d -> %d for added language codes",
+                 model.config.text_config.vocab_size, len(tokenizer))
+        model.text_model.resize_token_embeddings(len(tokenizer))
+    for report in reports:
+        log.info("%s", report)
+    return reports
+
+
+def build_model(model_cfg: ModelConfig, tokenizer, load_weights: bool = True) -> ComSLModel:
+    """Build the composite described by ``model_cfg`` (random init), then load pretrained parts.
+
+    Raises ConfigError for a bad combination (naming both sizes) and CheckpointError for weights that
+    do not fit.
+    """
+    speech_cfg = speech_config_from(model_cfg)
+    text_cfg = text_config_from(model_cfg, tokenizer)
+    if tokenizer is not None and len(tokenizer) < text_cfg.vocab_size and not model_cfg.text_pretrained:
+        raise ConfigError(f"model.text_arch.vocab_size ({text_cfg.vocab_size}) differs from the tokenizer "
+                          f"({len(tokenizer)})")
+    if tokenizer is not None and model_cfg.text_pretrained and len(tokenizer) < text_cfg.vocab_size - 1000:
+        raise ConfigError(
+            f"tokenizer has {len(tokenizer)} tokens but the text model {model_cfg.text_pretrained} has "
+            f"{text_cfg.vocab_size}: use the tokenizer that belongs to the text model"
+        )
+    config = ComSLConfig(
+        speech_config=speech_cfg,
+        text_config=text_cfg,
+        speech_encoder_type=model_cfg.speech_encoder,
+        text_model_type=model_cfg.text_model,
+        adapter_dropout=model_cfg.adapter_dropout,
+        max_speech_seconds=model_cfg.max_speech_seconds,
+    )
+    _check_lengths(config)
+    model = ComSLModel(config)
+    if load_weights:
+        load_pretrained_parts(model, model_cfg, tokenizer)
+    elif tokenizer is not None and len(tokenizer) > model.config.text_config.vocab_size:
+        model.text_model.resize_token_embeddings(len(tokenizer))
+    if model_cfg.activation_checkpointing:
+        model.gradient_checkpointing_enable()
+    return model
+
+
+def _check_lengths(config: ComSLConfig) -> None:
+    """The text encoder must hold the longest adapter output (+ language prefix + a transcript for CML)."""
+    if config.speech_encoder_type == "whisper":
+        frames = int(config.max_speech_seconds * 100)
+        if frames > 2 * config.speech_config.max_source_positions:
+            raise ConfigError(
+                f"model.max_speech_seconds={config.max_speech_seconds} needs {frames} mel frames but the Whisper "
+                f"encoder has {config.speech_config.max_source_positions} positions "
+                f"({2 * config.speech_config.max_source_positions} frames)"
+            )
+        positions = (frames + 7) // 8 + 1
+    else:
+        positions = int(config.max_speech_seconds * 50) // 4 + 1
+    text_positions = config.text_config.max_position_embeddings
+    if positions > text_positions:
+        raise ConfigError(
+            f"adapter output for {config.max_speech_seconds} s is {positions} positions but the text model "
+            f"has max_position_embeddings={text_positions}"
+        )

@@ -1,0 +1,286 @@
+"""ComSL: speech blocks + length adapter + language blocks in one transformers ``PreTrainedModel``.
+
+Data flow (paper §3.2):
+  speech (B, C, T) -> speech encoder (B, T/2, Ds) -> length adapter (B, T/8, Dt)
+  -> [src-lang embedding ; adapter output] as ``inputs_embeds`` of the text encoder -> text decoder,
+  which starts from ``</s>`` and is forced to emit the target-language code first.
+The same text encoder/decoder serve text input (MT), so ASR, ST, MT and the cross-modality objectives
+share one set of language blocks.
+
+``save_pretrained`` writes one self-contained directory (config with both sub-configs, safetensors);
+``from_pretrained`` needs nothing else. Loading *pretrained backbones* into a fresh composite is a
+separate step (``comsl.models.build``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoConfig, PreTrainedConfig, PreTrainedModel
+from transformers.configuration_utils import SubConfigSpec
+from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
+
+from comsl.languages import TARGET_CODE
+from comsl.models.length_adapter import LengthAdapter
+from comsl.models.speech_encoders import SPEECH_ENCODERS, build_speech_encoder
+from comsl.models.text_models import build_text_model
+
+PARTS = ("speech_encoder", "adapter", "text_encoder", "text_decoder")
+
+
+class ComSLConfig(PreTrainedConfig):
+    r"""Config of the composite: the two backbone configs plus the adapter's and the run's shape facts.
+
+    speech_config / text_config: configs of the speech encoder and of the text encoder-decoder.
+    speech_encoder_type: whisper | wav2vec2 | hubert | w2v_bert.
+    text_model_type: mbart | m2m100 | nllb.
+    adapter_ffn_mult / adapter_dropout: length adapter FFN width multiple and dropout.
+    max_speech_seconds: longest accepted utterance.
+    target_lang_code: mBART-50-style code of the translation target.
+    """
+
+    model_type = "comsl"
+    sub_configs_defaults = {
+        "speech_config": SubConfigSpec(config_class=AutoConfig, model_type="whisper"),
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="mbart"),
+    }
+    speech_config: PreTrainedConfig | dict | None = None
+    text_config: PreTrainedConfig | dict | None = None
+    speech_encoder_type: str = "whisper"
+    text_model_type: str = "mbart"
+    adapter_ffn_mult: int = 4
+    adapter_dropout: float = 0.1
+    max_speech_seconds: float = 11.0
+    target_lang_code: str = TARGET_CODE
+    is_encoder_decoder: bool = True
+
+    @property
+    def speech_frontend(self) -> str:
+        """Input features the speech encoder expects: whisper_log_mel | waveform | w2v_bert_fbank."""
+        return SPEECH_ENCODERS[self.speech_encoder_type][1]
+
+    @property
+    def num_mel_bins(self) -> int | None:
+        """Mel bins of a Whisper front end (None for other encoders)."""
+        return getattr(self.speech_config, "num_mel_bins", None) if self.speech_encoder_type == "whisper" else None
+
+
+@dataclass
+class SpeechEncoding:
+    """Output of the speech blocks and adapter, shared by every speech objective of a batch."""
+
+    hidden: torch.Tensor
+    """Adapter output (B, T', D_text)."""
+    mask: torch.Tensor
+    """(B, T') 1 on real positions."""
+    speech_hidden: torch.Tensor
+    """Speech-encoder output (B, T, D_speech) (CTC reads it)."""
+    speech_mask: torch.Tensor
+    """(B, T) 1 on real positions."""
+
+
+class ComSLModel(PreTrainedModel):
+    """The composite speech-language model. Construction does no I/O (random init)."""
+
+    config_class = ComSLConfig
+    base_model_prefix = "comsl"
+    main_input_name = "speech"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+
+    def __init__(self, config: ComSLConfig):
+        super().__init__(config)
+        self.speech_encoder = build_speech_encoder(
+            config.speech_encoder_type, config.speech_config, config.max_speech_seconds
+        )
+        self.text_model = build_text_model(config.text_model_type, config.text_config)
+        text_dim = config.text_config.d_model
+        self.adapter = LengthAdapter(
+            self.speech_encoder.hidden_size, text_dim, config.adapter_ffn_mult, config.adapter_dropout
+        )
+        self._speech_frozen = False
+        self.post_init()
+
+    # ------------------------------------------------------------------ parts and switches
+
+    def part_of(self, name: str) -> str:
+        """Which part a parameter belongs to: speech_encoder | adapter | text_encoder | text_decoder | other.
+
+        The shared token embedding counts as ``text_encoder`` (the decoder and LM head are tied to it).
+        """
+        if name.startswith("speech_encoder."):
+            return "speech_encoder"
+        if name.startswith("adapter."):
+            return "adapter"
+        if name.startswith("text_model."):
+            rest = name[len("text_model."):]
+            if rest.startswith("model.decoder.") or rest.startswith("lm_head") or rest == "final_logits_bias":
+                return "text_decoder"
+            return "text_encoder"
+        return "other"
+
+    def set_trainable(self, part: str, trainable: bool) -> None:
+        """Switch ``requires_grad`` of one part. The shared embedding stays trainable while either
+        text part is. Raises ValueError for an unknown part."""
+        if part not in PARTS:
+            raise ValueError(f"unknown part {part!r}; parts are {', '.join(PARTS)}")
+        shared = self.text_model.get_input_embeddings().weight
+        for name, param in self.named_parameters():
+            if self.part_of(name) == part and param is not shared:
+                param.requires_grad_(trainable)
+        if part in ("text_encoder", "text_decoder"):
+            # embeddings follow the text blocks: frozen only when both are frozen
+            enc = any(p.requires_grad for n, p in self.named_parameters()
+                      if self.part_of(n) == "text_encoder" and p is not shared)
+            dec = any(p.requires_grad for n, p in self.named_parameters()
+                      if self.part_of(n) == "text_decoder" and p is not shared)
+            shared.requires_grad_(enc or dec)
+        if self.config.speech_encoder_type == "whisper":
+            # the positional table is fixed in Whisper (sinusoids); never train it
+            self.speech_encoder.encoder.embed_positions.weight.requires_grad_(False)
+
+    def set_speech_frozen(self, frozen: bool) -> None:
+        """Run the speech blocks without gradients (trainer's freezing schedule; saves their backward)."""
+        self._speech_frozen = frozen
+
+    # ------------------------------------------------------------------ building blocks
+
+    @property
+    def text_encoder(self) -> nn.Module:
+        return self.text_model.get_encoder()
+
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        """Scaled token embeddings (B, L) -> (B, L, D_text), exactly what the text encoder adds positions to."""
+        return self.text_model.get_input_embeddings()(ids)
+
+    def encode_speech(self, speech: torch.Tensor, speech_mask: torch.Tensor) -> SpeechEncoding:
+        """Speech blocks + adapter. speech (B, C, T) log-mel or (B, S) waveform, mask (B, T|S)."""
+        no_grad = self._speech_frozen and self.training
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not no_grad):
+            speech_hidden, s_mask = self.speech_encoder(speech, speech_mask)
+        hidden, mask = self.adapter(speech_hidden, s_mask)
+        return SpeechEncoding(hidden, mask, speech_hidden, s_mask)
+
+    def speech_inputs_embeds(
+        self, enc: SpeechEncoding, src_lang_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """[src-lang embedding ; adapter output]: (B, 1 + T', D_text) and its mask (B, 1 + T')."""
+        lang = self.embed_tokens(src_lang_ids)[:, None, :]
+        embeds = torch.cat([lang.to(enc.hidden.dtype), enc.hidden], dim=1)
+        mask = torch.cat([enc.mask.new_ones(enc.mask.shape[0], 1), enc.mask], dim=1)
+        return embeds, mask
+
+    def encode_embeds(
+        self, inputs_embeds: torch.Tensor, mask: torch.Tensor, output_hidden_states: bool = False
+    ) -> BaseModelOutput:
+        """Text encoder over ``inputs_embeds`` (B, L, D) with mask (B, L)."""
+        return self.text_encoder(
+            inputs_embeds=inputs_embeds, attention_mask=mask, output_hidden_states=output_hidden_states
+        )
+
+    def encode_text(self, input_ids: torch.Tensor, mask: torch.Tensor, output_hidden_states: bool = False
+                    ) -> BaseModelOutput:
+        """Text encoder over token ids ``[src_lang, x.., </s>]`` (B, L)."""
+        return self.encode_embeds(self.embed_tokens(input_ids), mask, output_hidden_states)
+
+    def decode(
+        self, decoder_input_ids: torch.Tensor, encoder_hidden: torch.Tensor, encoder_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Teacher-forced decoder: ids (B, L) over encoder states (B, S, D) -> logits (B, L, V)."""
+        out = self.text_model(
+            encoder_outputs=BaseModelOutput(last_hidden_state=encoder_hidden),
+            attention_mask=encoder_mask,
+            decoder_input_ids=decoder_input_ids,
+            use_cache=False,
+        )
+        return out.logits
+
+    def teacher_forcing(self, target_ids: torch.Tensor, target_mask: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[lang, y.., </s>, pad..]`` (B, L) -> decoder inputs ``[</s>, lang, y..]`` and labels
+        ``[-100, y.., </s>, -100..]``: the forced language token and padding are not scored."""
+        start = self.config.text_config.decoder_start_token_id
+        if start is None:
+            start = self.config.text_config.eos_token_id
+        dec_in = torch.cat([target_ids.new_full((target_ids.shape[0], 1), start), target_ids[:, :-1]], dim=1)
+        labels = target_ids.masked_fill(target_mask == 0, -100)
+        labels[:, 0] = -100
+        return dec_in, labels
+
+    # ------------------------------------------------------------------ forward / generate
+
+    def forward(
+        self,
+        speech: torch.Tensor | None = None,
+        speech_mask: torch.Tensor | None = None,
+        src_lang_ids: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        target_ids: torch.Tensor | None = None,
+        target_mask: torch.Tensor | None = None,
+    ) -> Seq2SeqLMOutput:
+        """One task pass: speech (with ``src_lang_ids``) or text ``input_ids`` -> logits over
+        ``target_ids`` (teacher forcing), with the mean token cross-entropy as ``loss``.
+
+        Raises ValueError unless exactly one of speech / input_ids is given.
+        """
+        if (speech is None) == (input_ids is None):
+            raise ValueError("pass exactly one of speech (with speech_mask, src_lang_ids) or input_ids")
+        if speech is not None:
+            embeds, mask = self.speech_inputs_embeds(self.encode_speech(speech, speech_mask), src_lang_ids)
+            enc = self.encode_embeds(embeds, mask)
+        else:
+            mask = attention_mask
+            enc = self.encode_text(input_ids, mask)
+        dec_in, labels = self.teacher_forcing(target_ids, target_mask)
+        logits = self.decode(dec_in, enc.last_hidden_state, mask)
+        loss = nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+        return Seq2SeqLMOutput(loss=loss, logits=logits, encoder_last_hidden_state=enc.last_hidden_state)
+
+    def _generate(self, encoder_hidden, encoder_mask, tgt_lang_id: int, num_beams: int,
+                  max_new_tokens: int, length_penalty: float, **kwargs) -> torch.Tensor:
+        tc = self.config.text_config
+        start = tc.decoder_start_token_id if tc.decoder_start_token_id is not None else tc.eos_token_id
+        out = self.text_model.generate(
+            encoder_outputs=BaseModelOutput(last_hidden_state=encoder_hidden),
+            attention_mask=encoder_mask,
+            decoder_start_token_id=start,
+            forced_bos_token_id=int(tgt_lang_id),
+            bos_token_id=tc.bos_token_id,
+            eos_token_id=tc.eos_token_id,
+            pad_token_id=tc.pad_token_id,
+            num_beams=num_beams,
+            max_new_tokens=max_new_tokens,
+            length_penalty=length_penalty,
+            early_stopping=True,
+            do_sample=False,
+            **kwargs,
+        )
+        return out
+
+    @torch.no_grad()
+    def generate_speech(self, speech: torch.Tensor, speech_mask: torch.Tensor, src_lang_ids: torch.Tensor,
+                        tgt_lang_id: int, num_beams: int = 5, max_new_tokens: int = 128,
+                        length_penalty: float = 1.0, **kwargs) -> torch.Tensor:
+        """Beam search from speech: returns token ids (B, L) starting ``[</s>, tgt_lang, ...]``.
+
+        ``tgt_lang_id`` = ``en_XX`` for ST, the source-language code for ASR.
+        """
+        embeds, mask = self.speech_inputs_embeds(self.encode_speech(speech, speech_mask), src_lang_ids)
+        enc = self.encode_embeds(embeds, mask)
+        return self._generate(enc.last_hidden_state, mask, tgt_lang_id, num_beams, max_new_tokens,
+                              length_penalty, **kwargs)
+
+    @torch.no_grad()
+    def generate_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, tgt_lang_id: int,
+                      num_beams: int = 5, max_new_tokens: int = 128, length_penalty: float = 1.0,
+                      **kwargs) -> torch.Tensor:
+        """Beam search from text ``[src_lang, x.., </s>]`` (B, L) (MT)."""
+        enc = self.encode_text(input_ids, attention_mask)
+        return self._generate(enc.last_hidden_state, attention_mask, tgt_lang_id, num_beams,
+                              max_new_tokens, length_penalty, **kwargs)
+
+
+AutoConfig.register("comsl", ComSLConfig)
