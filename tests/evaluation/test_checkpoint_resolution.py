@@ -1,0 +1,62 @@
+"""evaluation/checkpoint.py: which directory evaluate loads, and the errors otherwise."""
+
+import json
+import os
+
+import pytest
+
+from comsl.errors import CheckpointError
+from evaluation.checkpoint import resolve_checkpoint
+
+
+def make_model_dir(path, model_type="comsl"):
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps({"model_type": model_type, "architectures": ["ComSLModel"]
+                                                  if model_type == "comsl" else []}))
+    (path / "model.safetensors").write_bytes(b"\0")
+    return path
+
+
+def test_exported_dir_is_itself(tmp_path):
+    d = make_model_dir(tmp_path / "export")
+    assert resolve_checkpoint(d) == d
+
+
+def test_run_dir_prefers_best_then_final_then_export(tmp_path):
+    run = tmp_path / "run"
+    make_model_dir(run / "export")
+    assert resolve_checkpoint(run) == run / "export"
+    make_model_dir(run / "final" / "model")
+    assert resolve_checkpoint(run) == run / "final" / "model"
+    make_model_dir(run / "best")
+    assert resolve_checkpoint(run) == run / "best"
+
+
+def test_newest_complete_training_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    make_model_dir(run / "checkpoints" / "step_900" / "model")
+    make_model_dir(run / "checkpoints" / "step_1000" / "model")
+    make_model_dir(run / "checkpoints" / "step_1100.tmp" / "model")  # interrupted save
+    (run / "checkpoints" / "step_1200" / "model").mkdir(parents=True)  # no config/weights yet
+    os.utime(run / "checkpoints" / "step_900", (2e9, 2e9))  # mtime must not beat the step number
+    assert resolve_checkpoint(run) == run / "checkpoints" / "step_1000" / "model"
+    assert resolve_checkpoint(run / "checkpoints" / "step_900") == run / "checkpoints" / "step_900" / "model"
+
+
+def test_errors_name_the_dir_and_what_was_expected(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        resolve_checkpoint(tmp_path / "missing")
+    (tmp_path / "f.txt").write_text("x")
+    with pytest.raises(CheckpointError, match="got a file"):
+        resolve_checkpoint(tmp_path / "f.txt")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CheckpointError, match=r"empty: not a ComSL checkpoint \(no config.json\); expected"):
+        resolve_checkpoint(empty)
+    whisper = make_model_dir(tmp_path / "whisper", model_type="whisper")
+    with pytest.raises(CheckpointError, match="not a ComSL config \\(model_type=whisper\\)"):
+        resolve_checkpoint(whisper)
+    no_weights = make_model_dir(tmp_path / "nw")
+    (no_weights / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="no model.safetensors"):
+        resolve_checkpoint(no_weights)
