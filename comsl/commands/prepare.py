@@ -1,12 +1,70 @@
-"""`comsl prepare`: not implemented yet."""
+"""`comsl prepare covost2 | mini`: build validated manifests, or the offline mini corpus."""
 
-from comsl.errors import ComSLError
+from __future__ import annotations
+
+from comsl.errors import ConfigError
+from comsl.languages import parse_langs
+
+
+def _langs(spec: str | None) -> list[str]:
+    if not spec:
+        return []
+    try:
+        return parse_langs(spec)
+    except ValueError as err:
+        raise ConfigError(f"--langs: {err}") from err
 
 
 def register(sub) -> None:
-    p = sub.add_parser("prepare", help="(not available yet)")
-    p.set_defaults(func=run)
+    p = sub.add_parser("prepare", help="prepare data: CoVoST 2 manifests or the offline mini corpus")
+    kinds = p.add_subparsers(dest="dataset", required=True, metavar="DATASET")
+
+    c = kinds.add_parser("covost2", help="validate Common Voice + CoVoST 2 and write per-split manifests")
+    c.add_argument("--cv-root", required=True, help="Common Voice root with <lang>/clips/ and <lang>/validated.tsv")
+    c.add_argument("--covost-root", required=True, help="directory with covost_v2.<lang>_en[.split].tsv")
+    c.add_argument("--langs", default=None, help="comma-separated CoVoST codes (default: all found)")
+    c.add_argument("--out", required=True, help="output directory for {train,dev,test}.tsv and the report")
+    c.add_argument("--max-seconds", type=float, default=11.0, help="skip longer clips (default 11)")
+    c.add_argument("--min-seconds", type=float, default=0.1, help="skip shorter clips (default 0.1)")
+    c.add_argument("--header-only", action="store_true",
+                   help="trust audio headers instead of decoding every clip (faster, less safe)")
+    c.add_argument("--workers", type=int, default=2, help="validation processes (default 2)")
+    c.set_defaults(func=run_covost2)
+
+    m = kinds.add_parser("mini", help="build the offline mini corpus (espeak-ng speech, Django translations)")
+    m.add_argument("--out", required=True, help="output directory (Common Voice + CoVoST 2 layout)")
+    m.add_argument("--langs", default=None, help="comma-separated CoVoST codes (default: all with a voice)")
+    m.add_argument("--per-lang", type=int, default=None, help="sentences per language (default: see mini.py)")
+    m.add_argument("--seed", type=int, default=0, help="seed for sampling and the split")
+    m.add_argument("--espeak-speed", type=int, default=None, help="espeak-ng words per minute")
+    m.add_argument("--espeak-gap", type=int, default=None, help="espeak-ng word gap (units of 10 ms)")
+    m.add_argument("--workers", type=int, default=2, help="synthesis processes (default 2)")
+    m.add_argument("--tokenizer-vocab", type=int, default=None,
+                   help="also train a sentencepiece tokenizer of this size into <out>/tokenizer")
+    m.set_defaults(func=run_mini)
 
 
-def run(args) -> int:
-    raise ComSLError("'comsl prepare' is not available yet in this version")
+def run_covost2(args) -> int:
+    from comsl.data.covost2 import PrepareConfig, prepare_covost2
+
+    if args.max_seconds <= args.min_seconds:
+        raise ConfigError(f"--max-seconds ({args.max_seconds}) must exceed --min-seconds ({args.min_seconds})")
+    prepare_covost2(PrepareConfig(
+        cv_root=args.cv_root, covost_root=args.covost_root, out=args.out, langs=_langs(args.langs),
+        max_seconds=args.max_seconds, min_seconds=args.min_seconds, full_decode=not args.header_only,
+        num_workers=args.workers,
+    ))
+    return 0
+
+
+def run_mini(args) -> int:
+    from comsl.data.mini import MiniConfig, build_mini
+
+    kw = {k: v for k, v in {"per_lang": args.per_lang, "espeak_speed": args.espeak_speed,
+                            "espeak_gap": args.espeak_gap, "tokenizer_vocab": args.tokenizer_vocab}.items()
+          if v is not None}
+    langs = _langs(args.langs)
+    if langs:
+        kw["langs"] = langs
+    build_mini(MiniConfig(out=args.out, seed=args.seed, num_workers=args.workers, **kw))
+    return 0

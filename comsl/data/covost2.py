@@ -1,0 +1,330 @@
+"""CoVoST 2 preparation: Common Voice clips + CoVoST translation TSVs -> validated per-split manifests.
+
+Inputs (per source language ``<lang>``, CoVoST file-name codes such as ``fr``, ``zh-CN``):
+- ``<covost_root>/covost_v2.<lang>_en.tsv`` with a ``split`` column (train/dev/test; ``train_covost``
+  counts as train), or the per-split files ``covost_v2.<lang>_en.{train,dev,test}.tsv``;
+  columns ``path``, ``translation`` and, when present, ``sentence`` (the transcript);
+- ``<cv_root>/<lang>/clips/<path>`` audio, and ``<cv_root>/<lang>/validated.tsv`` for transcripts when
+  the CoVoST file has no ``sentence`` column (as in the official release).
+
+Every clip is validated; each skipped one is counted under one reason and listed in
+``<out>/prepare_report.json``. Outputs ``<out>/{train,dev,test}.tsv`` (see MANIFEST_COLUMNS).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+
+import numpy as np
+import soundfile as sf
+from tqdm import tqdm
+
+from comsl.data.audio import SAMPLING_RATE, num_samples_at
+from comsl.errors import DataError
+from comsl.languages import ALL_LANGS, TARGET_LANG
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "dev", "test")
+# CoVoST's split column: "train_covost" rows are the extra training rows of its larger train set.
+SPLIT_ALIASES = {"train": "train", "train_covost": "train", "dev": "dev", "test": "test"}
+MANIFEST_COLUMNS = ("id", "audio", "n_samples", "duration", "src_lang", "tgt_lang", "transcript", "translation")
+# Skip reasons, in the order the report table shows them.
+REASONS = ("missing_audio", "decode_error", "empty_transcript", "empty_translation", "too_short",
+           "too_long", "duplicate")
+
+
+@dataclass(kw_only=True)
+class PrepareConfig:
+    """What ``comsl prepare covost2`` reads, writes and filters."""
+
+    cv_root: str
+    """Common Voice root holding ``<lang>/clips/`` and ``<lang>/validated.tsv``."""
+    covost_root: str
+    """Directory holding the ``covost_v2.<lang>_en[.split].tsv`` files."""
+    out: str
+    """Output directory for the manifests and ``prepare_report.json``."""
+    langs: list[str] = field(default_factory=list)
+    """CoVoST source-language codes; empty = every language with a TSV in ``covost_root``."""
+    max_seconds: float = 11.0
+    """Clips longer than this are skipped (``too_long``)."""
+    min_seconds: float = 0.1
+    """Clips shorter than this (0-sample clips included) are skipped (``too_short``)."""
+    full_decode: bool = True
+    """Decode every clip to validate it; False trusts file headers (fast, but corrupt or mislabelled
+    mp3s then surface at training time, where they are skipped and counted)."""
+    num_workers: int = 2
+    """Processes validating clips in parallel."""
+
+
+@dataclass
+class Row:
+    """One CoVoST row before validation."""
+
+    lang: str
+    split: str
+    path: str
+    transcript: str
+    translation: str
+    source: str  # "file:line" of the row, for messages
+
+    @property
+    def id(self) -> str:
+        return f"{self.lang}_{os.path.splitext(os.path.basename(self.path))[0]}"
+
+
+def clean_text(text: str | None) -> str:
+    """Collapse whitespace (tabs/newlines would break the TSV) and strip."""
+    return " ".join((text or "").split())
+
+
+def read_tsv(path: str, required: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
+    """Read a tab-separated file with a header, the way fairseq does (QUOTE_NONE: quotes are text).
+
+    Returns (line number, row dict) pairs. Raises DataError with ``file:line`` for a missing header
+    column or a row whose number of fields differs from the header's.
+    """
+    out = []
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        header = next(reader, None)
+        if header is None:
+            raise DataError(f"{path}:1: empty file, expected a header with columns {', '.join(required)}")
+        header = [h.strip() for h in header]
+        for col in required:
+            if col not in header:
+                raise DataError(f"{path}:1: missing column {col!r} (header has: {', '.join(header)})")
+        for fields in reader:
+            if not fields or (len(fields) == 1 and not fields[0].strip()):
+                continue  # blank line
+            if len(fields) != len(header):
+                raise DataError(
+                    f"{path}:{reader.line_num}: expected {len(header)} tab-separated fields "
+                    f"({', '.join(header)}), got {len(fields)}; fix or remove the row"
+                )
+            out.append((reader.line_num, dict(zip(header, fields))))
+    return out
+
+
+def covost_files(covost_root: str, lang: str) -> dict[str, str] | str:
+    """The per-split files of ``lang`` as {split: path}, or the path of its single file with a split column."""
+    single = os.path.join(covost_root, f"covost_v2.{lang}_{TARGET_LANG}.tsv")
+    per_split = {s: os.path.join(covost_root, f"covost_v2.{lang}_{TARGET_LANG}.{s}.tsv") for s in SPLITS}
+    if all(os.path.isfile(p) for p in per_split.values()):
+        return per_split
+    if os.path.isfile(single):
+        return single
+    raise DataError(
+        f"{covost_root}: no CoVoST 2 TSV for {lang!r}: expected {os.path.basename(single)} "
+        f"or covost_v2.{lang}_{TARGET_LANG}.{{train,dev,test}}.tsv"
+    )
+
+
+def available_langs(covost_root: str) -> list[str]:
+    """Languages (in ALL_LANGS order) that have CoVoST TSVs in ``covost_root``."""
+    found = []
+    for lang in ALL_LANGS:
+        try:
+            covost_files(covost_root, lang)
+            found.append(lang)
+        except DataError:
+            pass
+    return found
+
+
+def _validated_transcripts(cv_root: str, lang: str) -> dict[str, str]:
+    path = os.path.join(cv_root, lang, "validated.tsv")
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: not found; the CoVoST TSV has no 'sentence' column, so transcripts "
+                        "come from Common Voice's validated.tsv")
+    return {r["path"]: r["sentence"] for _, r in read_tsv(path, ("path", "sentence"))}
+
+
+def read_covost_rows(covost_root: str, cv_root: str, lang: str) -> list[Row]:
+    """All rows of one language, with their split. Raises DataError for malformed TSVs (``file:line``)."""
+    files = covost_files(covost_root, lang)
+    tables = []
+    if isinstance(files, str):
+        tables.append((files, None, read_tsv(files, ("path", "translation", "split"))))
+    else:
+        tables.extend((p, s, read_tsv(p, ("path", "translation"))) for s, p in files.items())
+    transcripts = None
+    rows = []
+    for path, fixed_split, table in tables:
+        for line, r in table:
+            if fixed_split is None:
+                split = SPLIT_ALIASES.get(r["split"].strip())
+                if split is None:
+                    raise DataError(f"{path}:{line}: unknown split {r['split']!r} (expected train, "
+                                    "train_covost, dev or test)")
+            else:
+                split = fixed_split
+            if "sentence" in r:
+                transcript = r["sentence"]
+            else:
+                if transcripts is None:
+                    transcripts = _validated_transcripts(cv_root, lang)
+                transcript = transcripts.get(r["path"], "")
+            rows.append(Row(lang, split, r["path"].strip(), clean_text(transcript),
+                            clean_text(r["translation"]), f"{path}:{line}"))
+    return rows
+
+
+def probe_clip(path: str, full_decode: bool = True) -> tuple[str | None, int, str]:
+    """Validate one clip: (reason or None, n_samples at 16 kHz, detail). Runs in worker processes."""
+    if not os.path.isfile(path):
+        return "missing_audio", 0, "file not found"
+    try:
+        if full_decode:
+            audio, sr = sf.read(path, dtype="float32", always_2d=True)
+            if audio.size and not np.isfinite(audio).all():
+                return "decode_error", 0, "NaN or inf samples"
+            frames = audio.shape[0]
+        else:
+            info = sf.info(path)
+            frames, sr = info.frames, info.samplerate
+    except Exception as err:  # libsndfile raises several types
+        return "decode_error", 0, str(err).splitlines()[0][:200]
+    return None, num_samples_at(int(frames), int(sr), SAMPLING_RATE), ""
+
+
+def _probe_star(args):
+    return probe_clip(*args)
+
+
+def _probe_all(paths: list[str], full_decode: bool, num_workers: int) -> list[tuple[str | None, int, str]]:
+    jobs = [(p, full_decode) for p in paths]
+    bar = dict(total=len(jobs), desc="validating clips", unit="clip", mininterval=1.0)
+    if num_workers <= 1 or len(jobs) < 64:  # a pool costs more than it saves on tiny inputs
+        return [probe_clip(*j) for j in tqdm(jobs, **bar)]
+    with ProcessPoolExecutor(num_workers, mp_context=get_context("spawn")) as pool:
+        return list(tqdm(pool.map(_probe_star, jobs, chunksize=16), **bar))
+
+
+def write_manifest(path: str, entries: list[dict]) -> None:
+    """Write a manifest TSV (MANIFEST_COLUMNS, header, QUOTE_NONE; text already free of tabs/newlines)."""
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        # quotechar=None: quotes are plain text, as in the CoVoST TSVs.
+        w = csv.writer(f, delimiter="\t", quoting=csv.QUOTE_NONE, quotechar=None, lineterminator="\n")
+        w.writerow(MANIFEST_COLUMNS)
+        for e in entries:
+            w.writerow([e[c] for c in MANIFEST_COLUMNS])
+
+
+def read_manifest(path: str) -> list[dict]:
+    """Read a manifest written by ``write_manifest``; ``n_samples`` as int, ``duration`` as float.
+
+    Raises DataError with ``file:line`` on a malformed row or a missing column.
+    """
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: manifest not found; create it with 'comsl prepare covost2'")
+    out = []
+    for line, r in read_tsv(path, MANIFEST_COLUMNS):
+        try:
+            r["n_samples"] = int(r["n_samples"])
+            r["duration"] = float(r["duration"])
+        except ValueError as err:
+            raise DataError(f"{path}:{line}: bad n_samples/duration ({err})") from err
+        out.append(r)
+    return out
+
+
+def prepare_covost2(cfg: PrepareConfig) -> dict:
+    """Validate and write manifests + report (see module doc). Returns the report dict."""
+    langs = list(cfg.langs) or available_langs(cfg.covost_root)
+    if not langs:
+        raise DataError(f"{cfg.covost_root}: no covost_v2.<lang>_en*.tsv files found")
+    rows: list[Row] = []
+    for lang in langs:
+        rows.extend(read_covost_rows(cfg.covost_root, cfg.cv_root, lang))
+
+    skipped: list[dict] = []
+    counts = {lang: {s: Counter() for s in SPLITS} for lang in langs}
+
+    def skip(row: Row, reason: str, detail: str = "") -> None:
+        counts[row.lang][row.split][reason] += 1
+        skipped.append({"id": row.id, "lang": row.lang, "split": row.split, "path": row.path,
+                        "reason": reason, "detail": detail, "row": row.source})
+
+    # Text checks and duplicates first: no need to decode clips that are skipped anyway.
+    seen: set[tuple[str, str]] = set()
+    to_probe: list[Row] = []
+    for row in rows:
+        if not row.transcript:
+            skip(row, "empty_transcript")
+        elif not row.translation:
+            skip(row, "empty_translation")
+        elif (row.lang, row.path) in seen:
+            skip(row, "duplicate", "path already listed for this language")
+        else:
+            seen.add((row.lang, row.path))
+            to_probe.append(row)
+
+    audio_paths = [os.path.abspath(os.path.join(cfg.cv_root, r.lang, "clips", r.path)) for r in to_probe]
+    results = _probe_all(audio_paths, cfg.full_decode, cfg.num_workers)
+    min_n, max_n = cfg.min_seconds * SAMPLING_RATE, cfg.max_seconds * SAMPLING_RATE
+    manifests: dict[str, list[dict]] = {s: [] for s in SPLITS}
+    for row, audio, (reason, n, detail) in zip(to_probe, audio_paths, results):
+        if reason is None and n < min_n:
+            reason, detail = "too_short", f"{n / SAMPLING_RATE:.2f} s < {cfg.min_seconds} s"
+        elif reason is None and n > max_n:
+            reason, detail = "too_long", f"{n / SAMPLING_RATE:.2f} s > {cfg.max_seconds} s"
+        if reason is not None:
+            skip(row, reason, detail)
+            continue
+        counts[row.lang][row.split]["kept"] += 1
+        manifests[row.split].append({
+            "id": row.id, "audio": audio, "n_samples": n, "duration": f"{n / SAMPLING_RATE:.3f}",
+            "src_lang": row.lang, "tgt_lang": TARGET_LANG, "transcript": row.transcript,
+            "translation": row.translation,
+        })
+
+    os.makedirs(cfg.out, exist_ok=True)
+    for split, entries in manifests.items():
+        write_manifest(os.path.join(cfg.out, f"{split}.tsv"), entries)
+    report = _report(cfg, langs, counts, manifests, skipped)
+    with open(os.path.join(cfg.out, "prepare_report.json"), "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=1, ensure_ascii=False)
+    print(format_report(report))
+    return report
+
+
+def _report(cfg, langs, counts, manifests, skipped) -> dict:
+    per_lang = {}
+    for lang in langs:
+        per_lang[lang] = {}
+        for split in SPLITS:
+            c = counts[lang][split]
+            hours = sum(e["n_samples"] for e in manifests[split] if e["src_lang"] == lang) / SAMPLING_RATE / 3600
+            per_lang[lang][split] = {"kept": c["kept"], "kept_hours": round(hours, 4),
+                                     "skipped": {r: c[r] for r in REASONS if c[r]}}
+    totals = Counter(s["reason"] for s in skipped)
+    return {
+        "config": {"cv_root": os.path.abspath(cfg.cv_root), "covost_root": os.path.abspath(cfg.covost_root),
+                   "max_seconds": cfg.max_seconds, "min_seconds": cfg.min_seconds,
+                   "full_decode": cfg.full_decode},
+        "kept": {s: len(manifests[s]) for s in SPLITS},
+        "skipped_total": {r: totals[r] for r in REASONS if totals[r]},
+        "languages": per_lang,
+        "skipped": skipped,
+    }
+
+
+def format_report(report: dict) -> str:
+    """A table: one row per language and split, kept count and one column per skip reason."""
+    cols = ["lang", "split", "kept", *REASONS]
+    lines = [cols]
+    for lang, splits in report["languages"].items():
+        for split, c in splits.items():
+            lines.append([lang, split, str(c["kept"]), *(str(c["skipped"].get(r, 0)) for r in REASONS)])
+    lines.append(["all", "", str(sum(report["kept"].values())),
+                  *(str(report["skipped_total"].get(r, 0)) for r in REASONS)])
+    widths = [max(len(row[i]) for row in lines) for i in range(len(cols))]
+    return "\n".join("  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in lines)
