@@ -1,0 +1,98 @@
+"""The ``whisper_zero_shot`` baseline: X->En speech translation with an unmodified Whisper.
+
+Whisper decodes its own 30 s log-mel windows (``WhisperFeatureExtractor`` pads every utterance to
+30 s), with the prompt ``<|startoftranscript|><|xx|><|translate|><|notimestamps|>``, beam search
+and a length cap. The model directory is any Hugging Face Whisper, e.g. the output of
+``comsl fetch whisper-base``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from comsl.errors import CheckpointError, DataError
+
+SAMPLING_RATE = 16000
+
+
+def whisper_language(covost_lang: str) -> str:
+    """Whisper's language code for a CoVoST code: the part before the region (``zh-CN`` -> ``zh``,
+    ``sv-SE`` -> ``sv``); codes without a region are already Whisper codes (``fr``, ``cy``)."""
+    return covost_lang.split("-")[0].split("_")[0].lower()
+
+
+def _load(model_dir: Path, device: str):
+    from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperTokenizer
+
+    if not (model_dir / "config.json").is_file():
+        raise CheckpointError(f"{model_dir}: no config.json; expected a Hugging Face Whisper directory "
+                              "(e.g. from `comsl fetch whisper-base`)")
+    model = WhisperForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
+    return model, WhisperFeatureExtractor.from_pretrained(model_dir), WhisperTokenizer.from_pretrained(model_dir)
+
+
+@torch.no_grad()
+def whisper_zero_shot(
+    model_dir: str | Path,
+    waveforms_by_lang: dict[str, list[np.ndarray]],
+    beam: int = 5,
+    batch_size: int = 8,
+    max_new_tokens: int = 128,
+    device: str = "cpu",
+) -> dict[str, list[str]]:
+    """Translate every utterance to English with Whisper's own ``translate`` task.
+
+    Args:
+        model_dir: Hugging Face Whisper directory.
+        waveforms_by_lang: CoVoST language code -> mono 16 kHz waveforms, each a 1-D array (S,) of at
+            most 30 s (Whisper's window; longer input would be cut, so it is rejected).
+        beam: beam size.
+        batch_size: utterances per ``generate`` call.
+        max_new_tokens: cap on generated tokens per utterance (TTS speech can make Whisper loop).
+        device: torch device.
+
+    Returns:
+        Same keys, the English hypotheses in input order (leading/trailing spaces stripped).
+
+    Raises:
+        CheckpointError: ``model_dir`` is not a Whisper directory.
+        DataError: a language Whisper does not know, or a waveform that is not 1-D, empty or over 30 s.
+    """
+    model_dir = Path(model_dir)
+    model, feature_extractor, tokenizer = _load(model_dir, device)
+    max_samples = feature_extractor.n_samples
+    prompt_len = 4  # <|startoftranscript|> <|xx|> <|translate|> <|notimestamps|>
+    max_new_tokens = min(max_new_tokens, model.config.max_target_positions - prompt_len)
+    results: dict[str, list[str]] = {}
+    for lang, waveforms in waveforms_by_lang.items():
+        code = whisper_language(lang)
+        if f"<|{code}|>" not in model.generation_config.lang_to_id:
+            raise DataError(f"language '{lang}' (Whisper code '{code}') is not one of {model_dir}'s languages")
+        for i, wav in enumerate(waveforms):
+            if wav.ndim != 1 or wav.size == 0 or wav.size > max_samples:
+                raise DataError(
+                    f"{lang} utterance #{i}: expected a non-empty 1-D 16 kHz waveform of at most "
+                    f"{max_samples / SAMPLING_RATE:.0f} s, got shape {wav.shape}"
+                )
+        hypotheses: list[str] = []
+        for start in tqdm(range(0, len(waveforms), batch_size), desc=f"whisper {lang}->en", leave=False,
+                          disable=len(waveforms) <= batch_size):
+            batch = [np.asarray(w, dtype=np.float32) for w in waveforms[start : start + batch_size]]
+            features = feature_extractor(batch, sampling_rate=SAMPLING_RATE, return_tensors="pt").input_features
+            out = model.generate(
+                features.to(device),
+                language=code,
+                task="translate",
+                num_beams=beam,
+                max_new_tokens=max_new_tokens,
+            )
+            hypotheses += [text.strip() for text in tokenizer.batch_decode(out, skip_special_tokens=True)]
+        results[lang] = hypotheses
+    return results
+
+
+__all__ = ["whisper_language", "whisper_zero_shot"]
