@@ -1,0 +1,69 @@
+import numpy as np
+import pytest
+import soundfile as sf
+from torch.utils.data import DataLoader
+
+from comsl.data.batching import Collator, LengthBucketSampler
+from comsl.data.covost2 import write_manifest
+from comsl.data.dataset import SpeechDataset, TextPairDataset
+from comsl.data.features import build_frontend
+from comsl.data.tokenizer import encode, lang_id, train_tokenizer
+from comsl.errors import DataError
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ds")
+    entries = []
+    for i in range(6):
+        path = root / f"u{i}.wav"
+        n = 8000 + 1600 * i
+        sf.write(path, (0.1 * np.sin(np.arange(n) / (5 + i))).astype(np.float32), 16000)
+        lang = "fr" if i % 2 else "ca"
+        entries.append({"id": f"{lang}_u{i}", "audio": str(path), "n_samples": n, "duration": f"{n / 16000:.3f}",
+                        "src_lang": lang, "tgt_lang": "en", "transcript": f"phrase numéro {i}",
+                        "translation": f"sentence number {i}"})
+    write_manifest(str(root / "train.tsv"), entries)
+    tok = train_tokenizer([e["transcript"] for e in entries] + [e["translation"] for e in entries],
+                          root / "tok", vocab_size=60)
+    return root, tok
+
+
+def test_speech_dataset_items_and_dataloader_batches(setup):
+    root, tok = setup
+    ds = SpeechDataset.from_manifest(str(root / "train.tsv"), tok, cache=True)
+    item = ds[1]
+    assert item["transcript_ids"] == encode(tok, "phrase numéro 1", "fr")
+    assert item["translation_ids"] == encode(tok, "sentence number 1", "en")
+    assert item["src_lang_id"] == lang_id(tok, "fr_XX") and ds[0]["src_lang_id"] == lang_id(tok, "ca_ES")
+    assert item["audio"].shape == (9600,) and ds[1]["audio"] is item["audio"]  # cached
+    sampler = LengthBucketSampler(ds.token_lengths(), ds.audio_lengths(), max_frames=200, seed=0)
+    loader = DataLoader(ds, batch_sampler=sampler, collate_fn=Collator(tok.pad_token_id, build_frontend("whisper_log_mel")))
+    batches = list(loader)
+    assert sorted(i for b in batches for i in b["ids"]) == sorted(e["id"] for e in ds.entries)
+    for b in batches:
+        assert b["speech"].shape[1] == 80 and b["speech"].shape[2] * len(b["ids"]) <= 200
+
+
+def test_decode_failure_skips_then_stops_past_fraction(setup, tmp_path):
+    root, tok = setup
+    ds = SpeechDataset.from_manifest(str(root / "train.tsv"), tok, max_fail_fraction=0.2)
+    ds.entries[2] = dict(ds.entries[2], audio=str(tmp_path / "gone.wav"))
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF not really a wave file")
+    ds.entries[4] = dict(ds.entries[4], audio=str(bad))
+    assert ds[2] is None and list(ds.failed) == ["ca_u2"]
+    batch = Collator(tok.pad_token_id, build_frontend("waveform"))([ds[i] for i in range(4)])
+    assert batch["ids"] == ["ca_u0", "fr_u1", "fr_u3"] and batch["speech"].shape == (3, 8000 + 1600 * 3)
+    with pytest.raises(DataError, match=r"2 of 6 utterances failed to decode, more than max_fail_fraction=0.2"):
+        ds[4]
+
+
+def test_text_pair_dataset(setup):
+    root, tok = setup
+    ds = TextPairDataset.from_manifest(str(root / "train.tsv"), tok)
+    batch = Collator(tok.pad_token_id)([ds[0], ds[5]])
+    assert set(batch) == {"ids", "src_langs", "src_lang_ids", "transcript_ids", "transcript_mask",
+                          "translation_ids", "translation_mask"}
+    assert batch["translation_ids"][:, 0].tolist() == [lang_id(tok, "en")] * 2
+    assert ds.token_lengths().tolist()[0] == max(len(ds[0]["transcript_ids"]), len(ds[0]["translation_ids"]))
