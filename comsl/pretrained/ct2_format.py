@@ -240,7 +240,7 @@ def write_ct2_model(
 
     parts = [struct.pack("<I", version), string(spec), struct.pack("<I", revision), struct.pack("<I", len(variables))]
     for name, array in variables.items():
-        array = np.ascontiguousarray(array)
+        array = np.asarray(array)  # not ascontiguousarray: it turns rank-0 attributes into rank 1
         dtype_id = kind_to_id.get((array.dtype.kind, array.dtype.itemsize))
         if dtype_id is None:
             raise CheckpointError(f"cannot write '{name}' with dtype {array.dtype} in a CTranslate2 file")
