@@ -132,6 +132,9 @@ class DataConfig:
     dev_max_utterances: int = 200
     """Cap on dev utterances per language decoded at each evaluation."""
 
+    num_workers: int = 0
+    """Worker processes loading training batches (0 = in the training process)."""
+
 
 @dataclass(kw_only=True)
 class OptimConfig:
@@ -237,6 +240,14 @@ class TrainConfig:
 
     max_nonfinite_steps: int = 10
     """Consecutive non-finite losses tolerated (each step skipped) before the run stops."""
+
+    stop_after: int = 0
+    """Stop this invocation after this many optimizer steps in total (0 = run to max_steps); a checkpoint
+    is written and rerunning the same command resumes (for time-limited jobs)."""
+
+    checkpoint_export: bool = False
+    """Also write a self-contained model directory (``model/``, as ``comsl evaluate`` loads) into every
+    checkpoint; doubles checkpoint size. ``final/`` and ``best/`` are always exported."""
 
 
 @dataclass(kw_only=True)

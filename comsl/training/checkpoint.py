@@ -1,0 +1,222 @@
+"""Atomic checkpoints, structural checks, retention, RNG state and model export.
+
+Layout of ``<out_dir>/checkpoints/step_<N>/`` (written as ``step_<N>.tmp/``, renamed when complete)::
+
+    COMPLETE               completion marker, written last (a directory without it is never resumed)
+    trainer_state.json     step, epoch, position in the epoch, non-finite counters, dev BLEU, best list
+    structure.json         name -> shape of every parameter/buffer (checked before loading)
+    config.yaml            resolved run config (differences on resume are warnings)
+    rank_<r>.pt            per-rank RNG (python, numpy, torch, cuda), sampler and loss-scaler state
+    model.safetensors      torch engine: the full model state
+    optimizer.pt           torch engine: optimizer state (loaded with ``weights_only=True``)
+    deepspeed/             DeepSpeed engine: its own (partitioned) model/optimizer files
+    model/                 optional self-contained export (``save_pretrained``)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from comsl.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+MARKER = "COMPLETE"
+STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+def step_dir(root: Path, step: int) -> Path:
+    return root / f"step_{step}"
+
+
+def list_checkpoints(root: Path) -> tuple[list[tuple[int, Path]], list[tuple[Path, str]]]:
+    """Complete checkpoints ``[(step, dir)]`` sorted by step, and ignored directories with the reason."""
+    complete, ignored = [], []
+    if not root.is_dir():
+        return complete, ignored
+    for d in sorted(root.iterdir()):
+        if not d.is_dir():
+            continue
+        m = STEP_DIR.match(d.name)
+        if d.name.endswith(".tmp"):
+            ignored.append((d, "unfinished write (.tmp)"))
+        elif m is None:
+            ignored.append((d, "not a step_<N> directory"))
+        elif not (d / MARKER).is_file():
+            ignored.append((d, f"no {MARKER} marker"))
+        else:
+            complete.append((int(m.group(1)), d))
+    complete.sort()
+    return complete, ignored
+
+
+# --------------------------------------------------------------------------- RNG
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG the training consumes, in a form ``torch.load(weights_only=True)`` accepts."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(_tuplify(state["python"]))
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuplify(x: Any) -> Any:
+    return tuple(_tuplify(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (1 << 32))
+    torch.manual_seed(seed)
+
+
+# --------------------------------------------------------------------------- structure / config checks
+
+
+def structure_differences(saved: dict[str, list[int]], current: dict[str, list[int]]) -> list[str]:
+    """Human-readable differences between two name -> shape maps (empty when they match)."""
+    diffs = []
+    for name in sorted(set(saved) - set(current)):
+        diffs.append(f"{name}: in the checkpoint, not in the model")
+    for name in sorted(set(current) - set(saved)):
+        diffs.append(f"{name}: in the model, not in the checkpoint")
+    for name in sorted(set(saved) & set(current)):
+        if list(saved[name]) != list(current[name]):
+            diffs.append(f"{name}: checkpoint shape {tuple(saved[name])} vs model shape {tuple(current[name])}")
+    return diffs
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def config_differences(saved: dict, current: dict) -> list[str]:
+    """``key: saved -> current`` for every leaf that differs."""
+    a, b = _flatten(saved), _flatten(current)
+    return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
+            for k in sorted(set(a) | set(b)) if a.get(k, "<absent>") != b.get(k, "<absent>")]
+
+
+def check_structure(ckpt: Path, current: dict[str, list[int]]) -> None:
+    """Raise CheckpointError listing every parameter whose name or shape differs from the model."""
+    path = ckpt / "structure.json"
+    if not path.is_file():
+        raise CheckpointError(f"{ckpt}: structure.json missing; not a comsl checkpoint")
+    diffs = structure_differences(json.loads(path.read_text()), current)
+    if diffs:
+        shown = diffs[:20] + ([f"... and {len(diffs) - 20} more"] if len(diffs) > 20 else [])
+        raise CheckpointError(
+            f"{ckpt}: the checkpoint does not match the model built from the config ({len(diffs)} "
+            f"difference{'s' if len(diffs) > 1 else ''}):\n  " + "\n  ".join(shown)
+            + "\nUse the config the run was started with, or a new train.out_dir.")
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=1, sort_keys=True))
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def write_common_files(tmp: Path, *, trainer_state: dict, structure: dict, run_config: dict) -> None:
+    """Files rank 0 writes into a checkpoint being built."""
+    write_json(tmp / "trainer_state.json", trainer_state)
+    write_json(tmp / "structure.json", structure)
+    (tmp / "config.yaml").write_text(yaml.safe_dump(run_config, sort_keys=False))
+
+
+def finalize(tmp: Path, final: Path) -> None:
+    """Write the marker, then make the checkpoint visible under its final name in one rename."""
+    (tmp / MARKER).write_text("ok\n")
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+
+
+def retain(root: Path, keep_last: int, keep_best: int) -> list[Path]:
+    """Delete complete checkpoints that are neither among the last ``keep_last`` nor the best
+    ``keep_best`` by dev BLEU; the newest is always kept. Returns what was deleted."""
+    complete, _ = list_checkpoints(root)
+    if not complete:
+        return []
+    keep = {d for _, d in complete[-max(keep_last, 1):]}
+    scored = []
+    for step, d in complete:
+        bleu = read_json(d / "trainer_state.json").get("dev_bleu_avg")
+        if bleu is not None:
+            scored.append((bleu, step, d))
+    scored.sort(key=lambda x: (-x[0], x[1]))
+    keep |= {d for _, _, d in scored[:keep_best]}
+    deleted = []
+    for _, d in complete:
+        if d not in keep:
+            shutil.rmtree(d, ignore_errors=True)
+            deleted.append(d)
+    return deleted
+
+
+def export_model(model: nn.Module, target: Path, tokenizer: Any = None) -> None:
+    """Write a self-contained model directory: ``model.save_pretrained`` when the model has it, else
+    ``model.safetensors`` of its state; plus the tokenizer. Written beside ``target`` and renamed."""
+    tmp = target.with_name(target.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    if hasattr(model, "save_pretrained"):
+        model.save_pretrained(str(tmp))
+    else:
+        from safetensors.torch import save_model
+        save_model(model, str(tmp / "model.safetensors"))
+    if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
+        tokenizer.save_pretrained(str(tmp))
+    old = target.with_name(target.name + ".old")
+    if target.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        target.rename(old)
+    tmp.rename(target)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def load_rank_state(ckpt: Path, rank: int) -> dict | None:
+    path = ckpt / f"rank_{rank}.pt"
+    if not path.is_file():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)

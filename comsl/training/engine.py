@@ -1,0 +1,402 @@
+"""Execution engines: plain PyTorch (one process, or DDP under ``torchrun``) and DeepSpeed ZeRO.
+
+Both wrap the model together with the loss in :class:`LossModule`, so the loss function may call any
+model method (``encode_speech``, ...) while DDP and DeepSpeed still see one ``forward`` per micro-batch
+(DDP only synchronises gradients of work done inside its ``forward``).
+
+The trainer drives a step as: ``forward`` each micro-batch -> agree on finiteness across ranks
+(``any_rank``) -> ``backward`` -> ``step``; a non-finite micro-batch is abandoned with ``discard``
+before any backward, so parameters and optimizer state stay untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from comsl.config import OptimConfig, TrainConfig
+from comsl.errors import CheckpointError, ConfigError
+
+log = logging.getLogger(__name__)
+
+LossFn = Callable[[nn.Module, dict, int], "tuple[torch.Tensor, dict[str, torch.Tensor]]"]
+
+DEEPSPEED_TAG = "deepspeed"
+"""Sub-directory of a checkpoint holding DeepSpeed's own files."""
+
+# Used when engine=deepspeed without a JSON file (train.zero_stage set).
+DEFAULT_DEEPSPEED_CONFIG: dict[str, Any] = {
+    "zero_optimization": {"stage": 2, "overlap_comm": False, "contiguous_gradients": True},
+    "steps_per_print": 1 << 30,
+    "wall_clock_breakdown": False,
+}
+
+
+def dist_info() -> tuple[int, int, int]:
+    """``(rank, world_size, local_rank)`` from the launcher's environment (``(0, 1, 0)`` when absent).
+
+    Usable before any process group exists, e.g. to shard a sampler in ``build_task``.
+    """
+    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+            int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ensure_dist_env() -> None:
+    """Fill the variables a process group needs so a lone process works without a launcher
+    (DeepSpeed otherwise falls back to MPI discovery)."""
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    if "MASTER_PORT" not in os.environ:
+        os.environ["MASTER_PORT"] = str(_free_port())
+
+
+def _device(local_rank: int) -> torch.device:
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def to_device(batch: Any, device: torch.device, float_dtype: torch.dtype | None = None) -> Any:
+    """Move every tensor in a (nested) batch to ``device``; cast floating tensors to ``float_dtype``."""
+    if isinstance(batch, torch.Tensor):
+        if float_dtype is not None and batch.is_floating_point():
+            return batch.to(device=device, dtype=float_dtype, non_blocking=True)
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device, float_dtype) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device, float_dtype) for v in batch)
+    return batch
+
+
+class LossModule(nn.Module):
+    """``forward(batch, step) = loss_fn(model, batch, step)``: the unit DDP / DeepSpeed wrap.
+
+    ``loss_fn`` is kept out of the module tree so a frozen teacher it may hold is neither partitioned
+    by ZeRO nor cast by DeepSpeed's mixed precision, nor checkpointed with the student.
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn):
+        super().__init__()
+        self.model = model
+        object.__setattr__(self, "_loss_fn", loss_fn)
+
+    def forward(self, batch: dict, step: int):
+        return self._loss_fn(self.model, batch, step)
+
+
+def param_shapes(model: nn.Module) -> dict[str, list[int]]:
+    """Name -> full shape of every parameter and buffer (ZeRO-3 partitions report ``ds_shape``)."""
+    out = {}
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        shape = getattr(t, "ds_shape", None)
+        out[name] = list(shape if shape is not None else t.shape)
+    return out
+
+
+class Engine:
+    """Common interface of the engines; see the module docstring for the call order."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    #: True when a non-finite micro-batch after the first of a step can still be thrown away.
+    can_discard_accumulated: bool = True
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    # ---- collectives (no-ops in one process)
+    def any_rank(self, flag: bool) -> bool:
+        """True when ``flag`` is true on any rank."""
+        if not self.distributed:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=self._comm_device())
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item() > 0)
+
+    def gather_objects(self, obj: Any) -> list[Any]:
+        if not self.distributed:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def broadcast_object(self, obj: Any) -> Any:
+        if not self.distributed:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def _comm_device(self) -> torch.device:
+        return self.device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+    @contextlib.contextmanager
+    def gathered_params(self):
+        """Context in which the full weights are present on every rank (ZeRO-3 gathers them)."""
+        yield
+
+    # ---- to be provided by engines
+    def prepare(self, batch: Any) -> Any: ...
+    def forward(self, batch: Any, step: int, last_micro: bool): ...
+    def backward(self, loss: torch.Tensor) -> None: ...
+    def discard(self) -> None: ...
+    def step(self, frozen_parts: set[str] | None = None) -> None: ...
+    def save(self, ckpt_dir: Path) -> None: ...
+    def load(self, ckpt_dir: Path) -> None: ...
+    def extra_state(self) -> dict: return {}
+    def load_extra_state(self, state: dict) -> None: ...
+
+
+class TorchEngine(Engine):
+    """Single process, or DDP (gloo on CPU, NCCL on GPU) when launched with ``WORLD_SIZE > 1``."""
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn, param_groups: list[dict], *,
+                 optim: OptimConfig, train: TrainConfig, part_of: Callable[[str], str]):
+        self.rank, self.world_size, local_rank = dist_info()
+        self.device = _device(local_rank)
+        if self.distributed and not dist.is_initialized():
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        self.model = model.to(self.device)
+        if hasattr(loss_fn, "to"):
+            loss_fn.to(self.device)
+        self.grad_accum = train.grad_accum
+        self.max_grad_norm = optim.max_grad_norm
+        self.precision = train.precision
+        wrapper = LossModule(self.model, loss_fn)
+        if self.distributed:
+            # Multi-task parts may be skipped in a step (zero weight, frozen speech blocks).
+            self.module: nn.Module = nn.parallel.DistributedDataParallel(
+                wrapper, find_unused_parameters=True,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        else:
+            self.module = wrapper
+        self.optimizer = torch.optim.AdamW(param_groups, betas=tuple(optim.betas), eps=optim.eps)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self._part_params = {}
+        for name, p in self.model.named_parameters():
+            self._part_params.setdefault(part_of(name), []).append(p)
+        self._sync_ctx: contextlib.ExitStack | None = None
+
+    def prepare(self, batch):
+        return to_device(batch, self.device)
+
+    def forward(self, batch, step, last_micro):
+        self._sync_ctx = contextlib.ExitStack()
+        if self.distributed and not last_micro:
+            # Gradients are all-reduced once per optimizer step, on the last micro-batch.
+            self._sync_ctx.enter_context(self.module.no_sync())
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+            return self.module(batch, step)
+
+    def backward(self, loss):
+        # Average over micro-batches so the step sees the mean gradient.
+        self.scaler.scale(loss / self.grad_accum).backward()
+        self._close_sync()
+
+    def _close_sync(self):
+        if self._sync_ctx is not None:
+            self._sync_ctx.close()
+            self._sync_ctx = None
+
+    def discard(self):
+        self._close_sync()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def step(self, frozen_parts=None):
+        # A frozen part gets no gradient at all, so AdamW neither decays nor moves its moments.
+        for part in frozen_parts or ():
+            for p in self._part_params.get(part, []):
+                p.grad = None
+        self.scaler.unscale_(self.optimizer)
+        if self.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(
+                [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None],
+                self.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def save(self, ckpt_dir):
+        # Replicated state: rank 0 writes it.
+        if self.is_main:
+            from safetensors.torch import save_model
+            save_model(self.model, str(ckpt_dir / "model.safetensors"))
+            torch.save(self.optimizer.state_dict(), ckpt_dir / "optimizer.pt")
+
+    def load(self, ckpt_dir):
+        from safetensors.torch import load_model
+        path = ckpt_dir / "model.safetensors"
+        if not path.is_file():
+            raise CheckpointError(f"{ckpt_dir}: no model.safetensors (written by another engine? "
+                                  "resume with the engine that wrote it)")
+        missing, unexpected = load_model(self.model, str(path), strict=False, device=str(self.device))
+        if missing or unexpected:
+            raise CheckpointError(f"{path}: missing keys {sorted(missing)}; unexpected keys {sorted(unexpected)}")
+        state = torch.load(ckpt_dir / "optimizer.pt", map_location=self.device, weights_only=True)
+        self.optimizer.load_state_dict(state)
+
+    def extra_state(self):
+        return {"scaler": self.scaler.state_dict()} if self.scaler.is_enabled() else {}
+
+    def load_extra_state(self, state):
+        if "scaler" in state and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
+
+
+def deepspeed_config(train: TrainConfig, optim: OptimConfig) -> dict[str, Any]:
+    """The DeepSpeed JSON of ``train.deepspeed_config`` with batch, accumulation, clipping, precision
+    and ZeRO stage filled in from our config (our collator builds whole batches, so DeepSpeed's
+    micro-batch size is 1)."""
+    if train.deepspeed_config:
+        path = Path(train.deepspeed_config)
+        if not path.is_file():
+            raise ConfigError(f"train.deepspeed_config: {path} not found")
+        try:
+            cfg = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path}: not valid JSON: {err}") from err
+    else:
+        cfg = copy.deepcopy(DEFAULT_DEEPSPEED_CONFIG)
+    for key in ("train_batch_size", "optimizer", "scheduler"):
+        if key in cfg:
+            log.info("deepspeed config: ignoring %r (set by comsl)", key)
+            cfg.pop(key)
+    cfg["train_micro_batch_size_per_gpu"] = 1
+    cfg["gradient_accumulation_steps"] = train.grad_accum
+    cfg["gradient_clipping"] = optim.max_grad_norm
+    cfg["bf16"] = {"enabled": train.precision == "bf16"}
+    fp16 = dict(cfg.get("fp16", {}))
+    fp16["enabled"] = train.precision == "fp16"
+    cfg["fp16"] = fp16
+    zero = dict(cfg.get("zero_optimization", {}))
+    if train.zero_stage is not None:
+        zero["stage"] = train.zero_stage
+    cfg["zero_optimization"] = zero
+    # torch.optim.AdamW as the client optimizer: no C++ build on first use.
+    cfg["zero_allow_untested_optimizer"] = True
+    cfg["zero_force_ds_cpu_optimizer"] = False
+    cfg.setdefault("steps_per_print", 1 << 30)
+    return cfg
+
+
+class DeepSpeedEngine(Engine):
+    """DeepSpeed ZeRO 0-3 (optionally with offload), driven micro-batch by micro-batch.
+
+    DeepSpeed keeps accumulated (partitioned) gradients inside its optimizer with no public way to
+    drop them, so a non-finite micro-batch *after the first* of a step cannot cancel the step: it is
+    replaced by a zero-weighted pass over the step's first micro-batch (keeping every rank's
+    collectives and DeepSpeed's micro-step counter aligned) and the step applies the finite
+    micro-batches. A non-finite first micro-batch (always the case with ``grad_accum=1``) skips the
+    step entirely.
+    """
+
+    can_discard_accumulated = False
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn, param_groups: list[dict], *,
+                 optim: OptimConfig, train: TrainConfig):
+        ensure_dist_env()
+        import deepspeed
+        import deepspeed.ops
+
+        # Skip the shared-memory comm op DeepSpeed would otherwise compile (~45 s) on first use.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+        self.rank, self.world_size, local_rank = dist_info()
+        self.device = _device(local_rank)
+        if not dist.is_initialized():
+            deepspeed.init_distributed(dist_backend="nccl" if self.device.type == "cuda" else "gloo")
+        self.config = deepspeed_config(train, optim)
+        self.zero_stage = int(self.config["zero_optimization"].get("stage", 0))
+        if hasattr(loss_fn, "to"):
+            loss_fn.to(self.device)
+        optimizer = torch.optim.AdamW(param_groups, betas=tuple(optim.betas), eps=optim.eps)
+        self.ds, self.optimizer, _, _ = deepspeed.initialize(
+            model=LossModule(model, loss_fn), optimizer=optimizer, config=self.config)
+        self.model = model
+        self.device = self.ds.device if isinstance(self.ds.device, torch.device) else torch.device(self.ds.device)
+        self.float_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(train.precision)
+
+    def prepare(self, batch):
+        # DeepSpeed casts the module to 16 bit; float inputs must follow.
+        return to_device(batch, self.device, self.float_dtype)
+
+    def forward(self, batch, step, last_micro):
+        return self.ds(batch, step)
+
+    def backward(self, loss):
+        self.ds.backward(loss)
+        self.ds.step()  # an optimizer update only on the accumulation boundary
+
+    def discard(self):
+        pass
+
+    def backward_zero(self, batch, step):
+        """Stand-in for a dropped non-finite micro-batch after the first: zero gradient contribution."""
+        total, _ = self.ds(batch, step)
+        self.ds.backward(total * 0.0)
+        self.ds.step()
+
+    def step(self, frozen_parts=None):
+        pass  # DeepSpeed stepped inside backward() on the boundary micro-batch
+
+    @contextlib.contextmanager
+    def gathered_params(self):
+        if self.zero_stage == 3:
+            import deepspeed
+            with deepspeed.zero.GatheredParameters(list(self.model.parameters()), modifier_rank=None):
+                yield
+        else:
+            yield
+
+    def save(self, ckpt_dir):
+        # Every rank writes its own partitions.
+        self.ds.save_checkpoint(str(ckpt_dir), tag=DEEPSPEED_TAG, client_state={}, save_latest=False)
+
+    def load(self, ckpt_dir):
+        if not (ckpt_dir / DEEPSPEED_TAG).is_dir():
+            raise CheckpointError(f"{ckpt_dir}: no {DEEPSPEED_TAG}/ directory (written by the torch engine? "
+                                  "resume with the engine that wrote it)")
+        path, _ = self.ds.load_checkpoint(str(ckpt_dir), tag=DEEPSPEED_TAG, load_optimizer_states=True,
+                                          load_lr_scheduler_states=False, load_module_strict=True)
+        if path is None:
+            raise CheckpointError(f"{ckpt_dir}: DeepSpeed could not load its checkpoint")
+
+
+def build_engine(model: nn.Module, loss_fn: LossFn, param_groups: list[dict], *, optim: OptimConfig,
+                 train: TrainConfig, part_of: Callable[[str], str]) -> Engine:
+    """The engine named by ``train.engine``."""
+    if train.engine == "deepspeed":
+        return DeepSpeedEngine(model, loss_fn, param_groups, optim=optim, train=train)
+    return TorchEngine(model, loss_fn, param_groups, optim=optim, train=train, part_of=part_of)

@@ -1,0 +1,395 @@
+"""The training loop: schedule, freezing, non-finite skipping, logging, evaluation, checkpoints, resume.
+
+A small loop of our own around ``deepspeed.initialize`` / DDP rather than transformers' Trainer or
+accelerate: neither gives exact mid-epoch resume of a custom length-bucketed batch sampler, the
+all-rank non-finite skip decided *before* backward, per-part freezing by LR factor, or our
+checkpoint layout (safetensors + ``weights_only`` state + completion marker + retention by BLEU).
+
+One optimizer step = ``train.grad_accum`` micro-batches. Step ``s`` (0-based) uses the LR of
+update ``s``; records and checkpoints are labelled with the number of completed updates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import yaml
+
+from comsl.config import OptimConfig, TrainConfig
+from comsl.errors import CheckpointError, ComSLError, DataError
+from comsl.training import checkpoint as ckpt
+from comsl.training.engine import Engine, build_engine, param_shapes
+from comsl.training.logging import MetricsLogger, plot_loss_curve, progress_bar
+from comsl.training.schedule import (SPEECH, PolynomialDecaySchedule, apply_trainable_switches,
+                                     freeze_steps, main_lr, param_groups, part_of)
+from comsl.training.task import TrainTask
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FitResult:
+    """What a ``fit`` call did."""
+
+    step: int
+    """Completed optimizer steps after this call."""
+
+    finished: bool
+    """True when ``max_steps`` was reached (``final/`` exported)."""
+
+    resumed_from: int | None
+    """Step of the checkpoint this call resumed from (None = fresh start)."""
+
+    nonfinite_skipped: int
+    """Steps skipped for a non-finite loss over the whole run."""
+
+    best_bleu: float | None
+    """Best dev BLEU average seen (None = never evaluated)."""
+
+
+class _Fetch:
+    """DataLoader item -> batch: look the indices up and collate (picklable for worker processes)."""
+
+    def __init__(self, dataset, collate_fn):
+        self.dataset = dataset
+        self.collate_fn = collate_fn
+
+    def __call__(self, indices):
+        return len(indices), self.collate_fn([self.dataset[i] for i in indices])
+
+
+class Trainer:
+    """Train ``task`` under ``train``/``optim``; ``fit()`` starts or resumes ``<train.out_dir>``.
+
+    ``run_config`` is the resolved experiment config (saved as ``config.yaml``, compared on resume);
+    ``num_workers`` > 0 loads batches in worker processes.
+    """
+
+    def __init__(self, task: TrainTask, train: TrainConfig, optim: OptimConfig, *,
+                 run_config: dict | None = None, num_workers: int = 0):
+        self.task = task
+        self.train = train
+        self.optim = optim
+        self.run_config = run_config or {"train": dataclasses.asdict(train), "optim": dataclasses.asdict(optim)}
+        self.num_workers = num_workers
+        self.out_dir = Path(train.out_dir)
+        self.ckpt_root = self.out_dir / "checkpoints"
+        # Position in the run; all restored on resume.
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.nonfinite_consecutive = 0
+        self.nonfinite_total = 0
+        self.best: list[dict[str, float]] = []
+        self.last_dev: float | None = None
+        self.engine: Engine | None = None
+
+    # ------------------------------------------------------------------ setup
+
+    def _setup(self) -> None:
+        model = self.task.model
+        apply_trainable_switches(model, self.train)
+        groups = param_groups(model, self.optim)
+        self._has_speech = any(part_of(model, n) == SPEECH for n, _ in model.named_parameters())
+        self.engine = build_engine(model, self.task.loss_fn, groups, optim=self.optim, train=self.train,
+                                   part_of=lambda n: part_of(model, n))
+        self.schedule = PolynomialDecaySchedule(
+            self.engine.optimizer, warmup_steps=self.optim.warmup_steps,
+            max_steps=self.train.max_steps, power=self.optim.power, end_lr=self.optim.end_lr,
+            freeze_until=freeze_steps(self.train) if self._has_speech else 0)
+        self._speech_frozen: bool | None = None
+
+    def _set_speech_frozen(self, frozen: bool) -> None:
+        """Tell the model (it may run the speech blocks without grad) when the state changes."""
+        if frozen == self._speech_frozen:
+            return
+        self._speech_frozen = frozen
+        if hasattr(self.task.model, "set_speech_frozen"):
+            self.task.model.set_speech_frozen(frozen)
+        if self.engine.is_main and self._has_speech:
+            log.info("step %d: speech encoder %s", self.step, "frozen" if frozen else "unfrozen")
+
+    def _frozen_parts(self) -> set[str]:
+        return {SPEECH} if self._speech_frozen else set()
+
+    # ------------------------------------------------------------------ data
+
+    def _batches(self) -> Iterator[tuple[int, Any]]:
+        """Endless ``(n_utterances, batch)``; the order depends only on (seed, epoch) and position."""
+        sampler = self.task.sampler
+        fetch = _Fetch(self.task.dataset, self.task.collate_fn)
+        while True:
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(self.epoch)
+            index_lists = list(iter(sampler))
+            if not index_lists:
+                raise DataError("the training sampler produced no batch for this rank "
+                                "(empty manifest, or every utterance filtered out?)")
+            remaining = index_lists[self.batch_in_epoch:]
+            if self.num_workers > 0:
+                # Own generator: creating workers must not draw from the global RNG (exact resume).
+                loader = torch.utils.data.DataLoader(
+                    remaining, batch_size=None, collate_fn=fetch, num_workers=self.num_workers,
+                    generator=torch.Generator().manual_seed(self.train.seed * 1000 + self.epoch))
+                items: Any = iter(loader)
+            else:
+                items = map(fetch, remaining)
+            for item in items:
+                self.batch_in_epoch += 1
+                yield item
+            self.epoch += 1
+            self.batch_in_epoch = 0
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _trainer_state(self) -> dict:
+        return {
+            "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+            "nonfinite_consecutive": self.nonfinite_consecutive, "nonfinite_total": self.nonfinite_total,
+            "best": self.best, "dev_bleu_avg": self.last_dev, "world_size": self.engine.world_size,
+            "engine": self.train.engine,
+        }
+
+    def save_checkpoint(self) -> Path:
+        """Write ``checkpoints/step_<step>`` atomically (every rank takes part); apply retention."""
+        e = self.engine
+        final = ckpt.step_dir(self.ckpt_root, self.step)
+        tmp = final.with_name(final.name + ".tmp")
+        if e.is_main:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir(parents=True)
+        e.barrier()
+        e.save(tmp)
+        rank_state = {"rng": ckpt.rng_state(), **e.extra_state()}
+        if hasattr(self.task.sampler, "state_dict"):
+            rank_state["sampler"] = self.task.sampler.state_dict()
+        torch.save(rank_state, tmp / f"rank_{e.rank}.pt")
+        if e.is_main:
+            ckpt.write_common_files(tmp, trainer_state=self._trainer_state(),
+                                    structure=param_shapes(self.task.model), run_config=self.run_config)
+            if self.train.checkpoint_export:
+                with e.gathered_params():
+                    ckpt.export_model(self.task.model, tmp / "model", self.task.tokenizer)
+        elif self.train.checkpoint_export:
+            with e.gathered_params():
+                pass
+        e.barrier()
+        if e.is_main:
+            ckpt.finalize(tmp, final)
+            for d in ckpt.retain(self.ckpt_root, self.train.keep_last, self.train.keep_best):
+                log.info("retention: removed %s", d)
+        e.barrier()
+        return final
+
+    def _resume(self) -> int | None:
+        """Load the newest complete checkpoint; returns its step (None when starting fresh)."""
+        e = self.engine
+        complete, ignored = ckpt.list_checkpoints(self.ckpt_root)
+        if e.is_main:
+            for d, why in ignored:
+                log.warning("ignoring %s: %s", d, why)
+        if not complete:
+            return None
+        step, d = complete[-1]
+        ckpt.check_structure(d, param_shapes(self.task.model))
+        if e.is_main and (d / "config.yaml").is_file():
+            saved = yaml.safe_load((d / "config.yaml").read_text()) or {}
+            for line in ckpt.config_differences(saved, self.run_config):
+                log.warning("config differs from the checkpoint's: %s", line)
+        state = ckpt.read_json(d / "trainer_state.json")
+        if state.get("engine", self.train.engine) != self.train.engine:
+            raise CheckpointError(f"{d}: written by engine={state['engine']}, this run uses "
+                                  f"engine={self.train.engine}; resume with the same engine")
+        e.load(d)
+        self.step = state["step"]
+        self.epoch = state["epoch"]
+        self.batch_in_epoch = state["batch_in_epoch"]
+        self.nonfinite_consecutive = state["nonfinite_consecutive"]
+        self.nonfinite_total = state["nonfinite_total"]
+        self.best = state.get("best", [])
+        self.schedule.load_state_dict({"current_step": self.step})
+        rank_state = ckpt.load_rank_state(d, e.rank)
+        if rank_state is None:
+            log.warning("%s: no RNG state for rank %d (different world size?); continuing with fresh "
+                        "seeds: not an exact resume", d, e.rank)
+            ckpt.seed_everything(self.train.seed + 7919 * e.rank + self.step)
+        else:
+            ckpt.set_rng_state(rank_state["rng"])
+            e.load_extra_state(rank_state)
+            if "sampler" in rank_state and hasattr(self.task.sampler, "load_state_dict"):
+                self.task.sampler.load_state_dict(rank_state["sampler"])
+        if e.is_main:
+            log.info("resumed from %s (epoch %d, batch %d of the epoch)", d, self.epoch, self.batch_in_epoch)
+        return step
+
+    # ------------------------------------------------------------------ evaluation / export
+
+    def _evaluate(self, logger: MetricsLogger) -> float | None:
+        if self.task.evaluate_fn is None:
+            return None
+        model = self.task.model
+        was_training = model.training
+        model.eval()
+        # Evaluation must not move the training RNG streams (exact resume, eval-interval independence).
+        with torch.random.fork_rng(devices=[]), torch.no_grad(), self.engine.gathered_params():
+            result = self.task.evaluate_fn(model)
+        model.train(was_training)
+        result = self.engine.broadcast_object(result)
+        avg = float(result["avg"])
+        record: dict[str, Any] = {"step": self.step}
+        for lang, value in sorted(result.get("bleu", {}).items()):
+            record[f"dev/bleu/{lang}"] = float(value)
+        record["dev/bleu_avg"] = avg
+        logger.write(record)
+        self.last_dev = avg
+        if not self.best or avg > max(b["bleu_avg"] for b in self.best):
+            self._export(self.out_dir / "best")
+            if self.engine.is_main:
+                log.info("step %d: new best dev BLEU %.2f -> %s", self.step, avg, self.out_dir / "best")
+        self.best = sorted(self.best + [{"step": self.step, "bleu_avg": avg}],
+                           key=lambda b: -b["bleu_avg"])[:max(self.train.keep_best, 1)]
+        return avg
+
+    def _export(self, target: Path) -> None:
+        with self.engine.gathered_params():
+            if self.engine.is_main:
+                ckpt.export_model(self.task.model, target, self.task.tokenizer)
+        self.engine.barrier()
+
+    # ------------------------------------------------------------------ the loop
+
+    def fit(self) -> FitResult:
+        """Train until ``max_steps`` (or ``stop_after``), resuming from the newest complete checkpoint."""
+        t = self.train
+        if self.engine is None:
+            self._setup()
+        e = self.engine
+        ckpt.seed_everything(t.seed + 7919 * e.rank)
+        resumed = self._resume()
+        if e.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "config.yaml").write_text(yaml.safe_dump(self.run_config, sort_keys=False))
+        stop = t.max_steps if t.stop_after <= 0 else min(t.max_steps, t.stop_after)
+        logger = MetricsLogger(self.out_dir, enabled=e.is_main, start_step=self.step)
+        logger.open()
+        bar = progress_bar(total=t.max_steps, initial=self.step, enabled=e.is_main)
+        self.task.model.train()
+        batches = self._batches()
+        window: dict[str, list] = {}  # loss name -> [sum over finite steps, count]
+        window_steps = 0
+        window_utts = 0
+        window_start = time.perf_counter()
+        saved_at = self.step if resumed is not None else None
+        try:
+            while self.step < stop:
+                self.schedule.apply()
+                self._step_lr = main_lr(self.engine.optimizer.param_groups)
+                self._set_speech_frozen(self.schedule.speech_frozen() or not t.speech_trainable)
+                micro = [next(batches) for _ in range(t.grad_accum)]
+                window_utts += sum(n for n, _ in micro)
+                losses = self._one_step([e.prepare(b) for _, b in micro])
+                self.step += 1
+                if losses is None:
+                    self.nonfinite_consecutive += 1
+                    self.nonfinite_total += 1
+                    if e.is_main:
+                        log.warning("step %d: non-finite loss, step skipped (%d in a row, %d in total)",
+                                    self.step, self.nonfinite_consecutive, self.nonfinite_total)
+                    if self.nonfinite_consecutive >= t.max_nonfinite_steps:
+                        raise ComSLError(
+                            f"{self.nonfinite_consecutive} consecutive steps had a non-finite loss (NaN/inf) "
+                            f"up to step {self.step} (train.max_nonfinite_steps={t.max_nonfinite_steps}); "
+                            "stopping. Lower optim.lr, check the data, or resume from an earlier checkpoint")
+                else:
+                    self.nonfinite_consecutive = 0
+                    window_steps += 1
+                    for k, v in losses.items():
+                        acc = window.setdefault(k, [0.0, 0])
+                        acc[0] += v
+                        acc[1] += 1
+                self.schedule.step()
+                bar.update(1)
+                if self.step % t.log_every == 0 or self.step == stop:
+                    record = self._log_record(window, window_steps, window_utts,
+                                              time.perf_counter() - window_start)
+                    logger.write(record)
+                    bar.set_postfix({k: v for k, v in (("loss", record.get("loss/total")),
+                                                       ("lr", record["lr"]),
+                                                       ("utt/s", record["utt_per_s"])) if v is not None},
+                                    refresh=False)
+                    window, window_steps, window_utts = {}, 0, 0
+                    window_start = time.perf_counter()
+                evaluated = False
+                if self.task.evaluate_fn is not None and (
+                        (t.eval_every > 0 and self.step % t.eval_every == 0) or self.step == t.max_steps):
+                    self._evaluate(logger)
+                    evaluated = True
+                if evaluated or self.step % t.save_every == 0 or self.step == stop:
+                    self.save_checkpoint()
+                    saved_at = self.step
+                    self.last_dev = None
+            if self.step >= t.max_steps:
+                if saved_at != self.step:
+                    self.save_checkpoint()
+                self._export(self.out_dir / "final")
+        finally:
+            bar.close()
+            logger.close()
+        if e.is_main:
+            plot_loss_curve(self.out_dir / "metrics.jsonl", self.out_dir / "loss_curve.png")
+        return FitResult(step=self.step, finished=self.step >= t.max_steps, resumed_from=resumed,
+                         nonfinite_skipped=self.nonfinite_total,
+                         best_bleu=max((b["bleu_avg"] for b in self.best), default=None))
+
+    def _one_step(self, micro: list[Any]) -> dict[str, float] | None:
+        """Forward/backward every micro-batch and update; None when the step was skipped.
+
+        Finiteness is agreed on by all ranks after each forward and before its backward, so a
+        skipped step touches neither parameters nor optimizer state on any rank.
+        """
+        e = self.engine
+        sums: dict[str, torch.Tensor] = {}
+        n = len(micro)
+        finite_micro = 0
+        for k, batch in enumerate(micro):
+            total, parts = e.forward(batch, self.step, last_micro=k == n - 1)
+            bad = e.any_rank(not bool(torch.isfinite(total.detach()).all()))
+            if bad:
+                if k == 0 or e.can_discard_accumulated:
+                    e.discard()
+                    return None
+                e.backward_zero(micro[0], self.step)
+                continue
+            e.backward(total)
+            finite_micro += 1
+            for name, value in {"total": total, **parts}.items():
+                v = value.detach().float()
+                sums[name] = sums[name] + v if name in sums else v
+        e.step(self._frozen_parts())
+        return {f"loss/{k}": float(v) / finite_micro for k, v in sums.items()}
+
+    def _log_record(self, window: dict[str, list], steps: int, utts: int, seconds: float) -> dict:
+        """Window averages over finite steps, averaged over ranks; throughput summed over ranks."""
+        gathered = self.engine.gather_objects((window, steps, utts))
+        record: dict[str, Any] = {"step": self.step}
+        keys = sorted({k for w, _, _ in gathered for k in w}, key=lambda k: (k != "loss/total", k))
+        for k in keys:
+            total = sum(w[k][0] for w, _, _ in gathered if k in w)
+            count = sum(w[k][1] for w, _, _ in gathered if k in w)
+            record[k] = total / count
+        record["lr"] = self._step_lr  # the LR the last update used
+        record["utt_per_s"] = sum(u for _, _, u in gathered) / max(seconds, 1e-9)
+        record["nonfinite_skipped"] = self.nonfinite_total
+        for k, v in list(record.items()):
+            if isinstance(v, float) and not math.isfinite(v):
+                record[k] = None
+        return record

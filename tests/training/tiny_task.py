@@ -1,0 +1,192 @@
+"""A tiny task meeting the trainer's contract, and a command line that trains it.
+
+Run as a script (``python tests/training/tiny_task.py --out DIR ...``) so tests can resume in a fresh
+process and launch it under ``torchrun``. The model has all five parts, dropout (so RNG restore
+matters), ``part_of`` / ``set_trainable`` / ``set_speech_frozen`` / ``save_pretrained``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from comsl.config import OptimConfig, TrainConfig
+from comsl.training.engine import dist_info
+from comsl.training.task import TrainTask
+from comsl.training.trainer import Trainer
+
+D_IN, HIDDEN, N_OUT, N_EXAMPLES = 8, 16, 4, 48
+
+
+class TinyModel(nn.Module):
+    """x (B, 8) -> speech (B, 16) -> adapter -> norm -> encoder -> decoder logits (B, 4)."""
+
+    def __init__(self, hidden: int = HIDDEN, dropout: float = 0.2):
+        super().__init__()
+        self.hidden = hidden
+        self.speech = nn.Sequential(nn.Linear(D_IN, hidden), nn.Tanh())
+        self.adapter = nn.Linear(hidden, hidden)
+        self.norm = nn.LayerNorm(hidden)
+        self.encoder = nn.Linear(hidden, hidden)
+        self.decoder = nn.Linear(hidden, N_OUT)
+        self.drop = nn.Dropout(dropout)
+        self.speech_frozen = False
+        self.frozen_calls: list[bool] = []
+
+    def part_of(self, name: str) -> str:
+        for prefix, part in (("speech.", "speech_encoder"), ("adapter.", "adapter"),
+                             ("encoder.", "text_encoder"), ("decoder.", "text_decoder")):
+            if name.startswith(prefix):
+                return part
+        return "other"
+
+    def set_trainable(self, part: str, trainable: bool) -> None:
+        for name, p in self.named_parameters():
+            if self.part_of(name) == part:
+                p.requires_grad_(trainable)
+
+    def set_speech_frozen(self, frozen: bool) -> None:
+        self.speech_frozen = frozen
+        self.frozen_calls.append(frozen)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.speech_frozen):
+            h = self.speech(x)
+        h = self.norm(self.drop(self.adapter(h)))
+        return self.decoder(torch.relu(self.encoder(h)))
+
+    def save_pretrained(self, path: str) -> None:
+        from safetensors.torch import save_file
+        Path(path).mkdir(parents=True, exist_ok=True)
+        (Path(path) / "config.json").write_text(json.dumps({"hidden": self.hidden}))
+        save_file({k: v.detach().float().contiguous().cpu() for k, v in self.state_dict().items()},
+                  str(Path(path) / "model.safetensors"))
+
+    @classmethod
+    def from_pretrained(cls, path: str) -> "TinyModel":
+        from safetensors.torch import load_file
+        model = cls(hidden=json.loads((Path(path) / "config.json").read_text())["hidden"])
+        model.load_state_dict(load_file(str(Path(path) / "model.safetensors")))
+        return model
+
+
+class TinyLoss:
+    """Cross-entropy plus a small logit penalty; NaN on the steps in ``nan_steps``; records batch ids."""
+
+    def __init__(self, nan_steps: set[int] | None = None, record: Path | None = None):
+        self.nan_steps = nan_steps or set()
+        self.record = record
+
+    def __call__(self, model, batch, step):
+        logits = model(batch["x"])
+        ce = nn.functional.cross_entropy(logits, batch["y"])
+        aux = 0.01 * logits.float().pow(2).mean()
+        total = ce + aux
+        if step in self.nan_steps:
+            total = total * float("nan")
+        if self.record is not None:
+            with self.record.open("a") as f:
+                f.write(json.dumps({"step": step, "ids": batch["ids"]}) + "\n")
+        return total, {"ce": ce, "aux": aux}
+
+
+def make_dataset(seed: int = 0) -> list[dict]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(N_EXAMPLES, D_IN, generator=g)
+    y = (x[:, 0] > 0).long() + 2 * (x[:, 1] > 0).long()
+    return [{"id": f"utt{i}", "x": x[i], "y": int(y[i])} for i in range(N_EXAMPLES)]
+
+
+class TinySampler:
+    """Variable-size batches (3, 4, 5, ...) of a per-epoch permutation seeded by (seed, epoch), sharded."""
+
+    def __init__(self, n: int, seed: int, rank: int = 0, world_size: int = 1):
+        self.n, self.seed, self.rank, self.world_size = n, seed, rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 1000 + self.epoch))
+        batches, i, k = [], 0, 0
+        while i < self.n:
+            size = 3 + k % 3
+            batches.append(order[i:i + size].tolist())
+            i += size
+            k += 1
+        usable = len(batches) - len(batches) % self.world_size
+        return iter(batches[self.rank:usable:self.world_size])
+
+    def state_dict(self) -> dict:
+        return {"seed": self.seed, "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.seed = state["seed"]
+
+
+def collate(examples: list[dict]) -> dict:
+    return {"ids": [e["id"] for e in examples], "x": torch.stack([e["x"] for e in examples]),
+            "y": torch.tensor([e["y"] for e in examples])}
+
+
+def make_task(*, seed: int = 1, hidden: int = HIDDEN, nan_steps=None, record: Path | None = None,
+              evaluate: bool = False) -> TrainTask:
+    torch.manual_seed(seed)
+    model = TinyModel(hidden=hidden)
+    rank, world, _ = dist_info()
+    dataset = make_dataset()
+
+    def evaluate_fn(m):
+        # "BLEU" = accuracy on the training set, so retention/best have a number to rank by.
+        xs = torch.stack([e["x"] for e in dataset]).to(next(m.parameters()).device)
+        ys = torch.tensor([e["y"] for e in dataset], device=xs.device)
+        acc = float((m(xs.to(next(m.parameters()).dtype)).argmax(-1) == ys).float().mean() * 100)
+        return {"bleu": {"fr": acc}, "avg": acc}
+
+    return TrainTask(model=model, loss_fn=TinyLoss(nan_steps, record), dataset=dataset,
+                     sampler=TinySampler(len(dataset), seed, rank, world), collate_fn=collate,
+                     evaluate_fn=evaluate_fn if evaluate else None)
+
+
+def configs(out: str, **kw) -> tuple[TrainConfig, OptimConfig]:
+    optim = OptimConfig(lr=kw.pop("lr", 3e-2), warmup_steps=kw.pop("warmup_steps", 3), weight_decay=0.1)
+    train = TrainConfig(out_dir=out, max_steps=kw.pop("max_steps", 8), log_every=1, save_every=4,
+                        freeze_speech_fraction=kw.pop("freeze_speech_fraction", 0.25), **kw)
+    return train, optim
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", required=True)
+    p.add_argument("--engine", default="torch")
+    p.add_argument("--zero-stage", type=int, default=None)
+    p.add_argument("--max-steps", type=int, default=8)
+    p.add_argument("--stop-after", type=int, default=0)
+    p.add_argument("--save-every", type=int, default=4)
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--hidden", type=int, default=HIDDEN)
+    p.add_argument("--record", action="store_true", help="append batch ids to <out>/batches_rank<r>.jsonl")
+    a = p.parse_args(argv)
+    rank = dist_info()[0]
+    task = make_task(hidden=a.hidden, record=Path(a.out) / f"batches_rank{rank}.jsonl" if a.record else None)
+    Path(a.out).mkdir(parents=True, exist_ok=True)
+    train, optim = configs(a.out, max_steps=a.max_steps, stop_after=a.stop_after, engine=a.engine,
+                           zero_stage=a.zero_stage, grad_accum=a.grad_accum)
+    train.save_every = a.save_every
+    result = Trainer(task, train, optim).fit()
+    params = {k: v.detach().float().cpu() for k, v in task.model.state_dict().items()}
+    if rank == 0:
+        torch.save(params, Path(a.out) / "final_params.pt")
+        print(json.dumps({"step": result.step, "resumed_from": result.resumed_from}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
