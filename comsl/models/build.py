@@ -35,11 +35,11 @@ TINY_SPEECH_ARCH: dict[str, dict] = {
                     max_source_positions=550, vocab_size=64, pad_token_id=0, bos_token_id=1,
                     eos_token_id=2, decoder_start_token_id=1),
     "wav2vec2": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                     conv_dim=(16, 16), conv_kernel=(10, 3), conv_stride=(5, 2), num_conv_pos_embeddings=16,
+                     conv_dim=(16, 16, 16), conv_kernel=(10, 8, 4), conv_stride=(5, 8, 8), num_conv_pos_embeddings=16,
                      num_conv_pos_embedding_groups=2, feat_extract_norm="layer", do_stable_layer_norm=True,
                      vocab_size=32, mask_time_prob=0.0),
     "hubert": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                   conv_dim=(16, 16), conv_kernel=(10, 3), conv_stride=(5, 2), num_conv_pos_embeddings=16,
+                   conv_dim=(16, 16, 16), conv_kernel=(10, 8, 4), conv_stride=(5, 8, 8), num_conv_pos_embeddings=16,
                    num_conv_pos_embedding_groups=2, feat_extract_norm="layer", do_stable_layer_norm=True,
                    vocab_size=32, mask_time_prob=0.0),
     "w2v_bert": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
@@ -213,9 +213,11 @@ def load_pretrained_parts(model: ComSLModel, model_cfg: ModelConfig, tokenizer=N
     return reports
 
 
-def build_model(model_cfg: ModelConfig, tokenizer, load_weights: bool = True) -> ComSLModel:
+def build_model(model_cfg: ModelConfig, tokenizer, load_weights: bool = True, ctc_head: bool = False,
+                match_head: bool = False) -> ComSLModel:
     """Build the composite described by ``model_cfg`` (random init), then load pretrained parts.
 
+    ``ctc_head`` / ``match_head`` add the heads of the optional CTC and matching objectives.
     Raises ConfigError for a bad combination (naming both sizes) and CheckpointError for weights that
     do not fit.
     """
@@ -236,9 +238,12 @@ def build_model(model_cfg: ModelConfig, tokenizer, load_weights: bool = True) ->
         text_model_type=model_cfg.text_model,
         adapter_dropout=model_cfg.adapter_dropout,
         max_speech_seconds=model_cfg.max_speech_seconds,
+        ctc_vocab_size=max(len(tokenizer), text_cfg.vocab_size) if ctc_head else 0,
+        match_head=match_head,
     )
     _check_lengths(config)
     model = ComSLModel(config)
+    model.tokenizer = tokenizer
     if load_weights:
         load_pretrained_parts(model, model_cfg, tokenizer)
     elif tokenizer is not None and len(tokenizer) > model.config.text_config.vocab_size:

@@ -15,6 +15,7 @@ separate step (``comsl.models.build``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -39,6 +40,8 @@ class ComSLConfig(PreTrainedConfig):
     adapter_ffn_mult / adapter_dropout: length adapter FFN width multiple and dropout.
     max_speech_seconds: longest accepted utterance.
     target_lang_code: mBART-50-style code of the translation target.
+    ctc_vocab_size: size of the CTC head on the speech encoder (0 = no head; mSLAM objective).
+    match_head: add the speech-text matching classifier (SLAM objective).
     """
 
     model_type = "comsl"
@@ -54,6 +57,8 @@ class ComSLConfig(PreTrainedConfig):
     adapter_dropout: float = 0.1
     max_speech_seconds: float = 11.0
     target_lang_code: str = TARGET_CODE
+    ctc_vocab_size: int = 0
+    match_head: bool = False
     is_encoder_decoder: bool = True
 
     @property
@@ -100,19 +105,46 @@ class ComSLModel(PreTrainedModel):
         self.adapter = LengthAdapter(
             self.speech_encoder.hidden_size, text_dim, config.adapter_ffn_mult, config.adapter_dropout
         )
+        # optional heads of the seed papers' objectives (trained with the adapter's settings)
+        self.ctc_head = (nn.Linear(self.speech_encoder.hidden_size, config.ctc_vocab_size)
+                         if config.ctc_vocab_size else None)
+        self.match_head = nn.Linear(text_dim, 1) if config.match_head else None
         self._speech_frozen = False
+        self.tokenizer = None  # set by the builder or from_pretrained; saved with the model
         self.post_init()
+
+    # ------------------------------------------------------------------ self-contained directories
+
+    def save_pretrained(self, save_directory, *args, tokenizer=None, **kwargs):
+        """``PreTrainedModel.save_pretrained`` plus the tokenizer (``tokenizer`` or ``self.tokenizer``),
+        so the directory needs nothing else to translate."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        tokenizer = tokenizer if tokenizer is not None else getattr(self, "tokenizer", None)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(save_directory)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """Load a saved composite; its tokenizer, when saved alongside, becomes ``model.tokenizer``."""
+        from comsl.data.tokenizer import load_tokenizer  # data sits below models; imported lazily
+
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        path = Path(pretrained_model_name_or_path)
+        has_tokenizer = (path / "tokenizer.json").is_file() or (path / "sentencepiece.bpe.model").is_file()
+        model.tokenizer = load_tokenizer(path) if has_tokenizer else None
+        return model
 
     # ------------------------------------------------------------------ parts and switches
 
     def part_of(self, name: str) -> str:
-        """Which part a parameter belongs to: speech_encoder | adapter | text_encoder | text_decoder | other.
+        """Which part a parameter belongs to: speech_encoder | adapter | text_encoder | text_decoder.
 
-        The shared token embedding counts as ``text_encoder`` (the decoder and LM head are tied to it).
+        The shared token embedding counts as ``text_encoder`` (the decoder and LM head are tied to it);
+        the optional CTC and matching heads count as ``adapter`` (new, randomly initialised parts).
         """
         if name.startswith("speech_encoder."):
             return "speech_encoder"
-        if name.startswith("adapter."):
+        if name.startswith(("adapter.", "ctc_head.", "match_head.")):
             return "adapter"
         if name.startswith("text_model."):
             rest = name[len("text_model."):]
