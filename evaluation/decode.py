@@ -1,0 +1,271 @@
+"""Batched, deterministic beam decoding of a manifest split or of audio files with a ComSL model.
+
+Utterances are sorted by duration (longest first, ties by position) and packed into batches whose
+padded audio (batch size x longest utterance) stays under ``batch_seconds``; hypotheses come back in
+the input order. The model is in eval mode and beam search does no sampling, so the same checkpoint,
+data and settings give the same hypotheses. ASR batches hold one language each (the forced first
+token is the source-language code, one per ``generate`` call); ST batches mix languages.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from comsl.errors import CheckpointError, ComSLError, DataError
+from comsl.languages import TARGET_CODE, normalize_lang, parse_langs
+
+log = logging.getLogger(__name__)
+
+TASKS = ("st", "asr")
+SAMPLING_RATE = 16000
+
+
+@dataclass(kw_only=True)
+class DecodeConfig:
+    """How to decode; the defaults are the paper's (beam 5)."""
+
+    task: str = "st"
+    """``st``: translate to English (forced ``en_XX``); ``asr``: transcribe (forced source code)."""
+    beam: int = 5
+    """Beam size (paper: 5)."""
+    max_new_tokens: int = 200
+    """Longest output in tokens, after the forced language code."""
+    length_penalty: float = 1.0
+    """Beam-search length penalty exponent (1.0: scores divided by length)."""
+    batch_seconds: float = 120.0
+    """Cap on padded audio per batch: batch size x longest utterance, in seconds."""
+    max_batch_size: int = 64
+    """Cap on utterances per batch."""
+    device: str | None = None
+    """torch device; None picks CUDA when available, else CPU."""
+    max_failure_rate: float = 0.01
+    """Fraction of utterances whose audio may fail to decode (they get an empty hypothesis) before the run stops."""
+
+    def validate(self) -> None:
+        """Raise ComSLError listing every invalid field."""
+        errors = []
+        if self.task not in TASKS:
+            errors.append(f"task: expected one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.beam < 1:
+            errors.append(f"beam: must be >= 1, got {self.beam}")
+        if self.max_new_tokens < 1:
+            errors.append(f"max_new_tokens: must be >= 1, got {self.max_new_tokens}")
+        if self.batch_seconds <= 0:
+            errors.append(f"batch_seconds: must be > 0, got {self.batch_seconds}")
+        if self.max_batch_size < 1:
+            errors.append(f"max_batch_size: must be >= 1, got {self.max_batch_size}")
+        if errors:
+            raise ComSLError("invalid decoding settings: " + "; ".join(errors))
+
+
+@dataclass
+class Utterance:
+    """One input to decode, with its references when known."""
+
+    id: str
+    """Utterance id (manifest ``id`` or the file path)."""
+    audio: str
+    """Audio file path (any format soundfile reads, any sample rate)."""
+    src_lang: str
+    """CoVoST code of the spoken language."""
+    duration: float
+    """Seconds (used for batching only)."""
+    transcript: str = ""
+    """Raw source transcript (ASR reference)."""
+    translation: str = ""
+    """Raw English translation (ST reference)."""
+
+    def reference(self, task: str) -> str:
+        return self.transcript if task == "asr" else self.translation
+
+
+def manifest_path(data: str | os.PathLike, split: str) -> Path:
+    """``data`` itself when it is a file, else ``<data>/<split>.tsv``; DataError when missing."""
+    path = Path(data)
+    if path.is_dir():
+        path = path / f"{split}.tsv"
+    if not path.is_file():
+        raise DataError(f"{path}: manifest not found; point --data at a .tsv manifest or at the directory "
+                        "'comsl prepare covost2' wrote")
+    return path
+
+
+def read_utterances(path: str | os.PathLike, langs: Iterable[str] | None = None) -> list[Utterance]:
+    """Rows of a manifest (``comsl prepare`` format) as Utterances, optionally only ``langs``.
+
+    Relative audio paths are taken relative to the manifest's directory. Raises DataError with
+    ``file:line`` for malformed rows and when no row is left after the language filter.
+    """
+    from comsl.data.covost2 import read_manifest
+
+    path = Path(path)
+    wanted = set(parse_langs(list(langs))) if langs else None
+    out = []
+    for row in read_manifest(str(path)):
+        try:
+            lang = normalize_lang(row["src_lang"])
+        except ValueError as err:
+            raise DataError(f"{path}: utterance {row['id']}: {err}") from err
+        if wanted is not None and lang not in wanted:
+            continue
+        audio = Path(row["audio"])
+        out.append(Utterance(
+            id=row["id"], audio=str(audio if audio.is_absolute() else path.parent / audio), src_lang=lang,
+            duration=float(row["duration"]), transcript=row["transcript"], translation=row["translation"],
+        ))
+    if not out:
+        which = f" for languages {', '.join(sorted(wanted))}" if wanted else ""
+        raise DataError(f"{path}: no utterances{which}")
+    return out
+
+
+def make_batches(
+    durations: Sequence[float], batch_seconds: float, max_batch_size: int, keys: Sequence[str] | None = None
+) -> list[list[int]]:
+    """Indices grouped into batches: longest first, ``len(batch) * longest <= batch_seconds``
+    (an utterance longer than the cap goes alone), at most ``max_batch_size``, and when ``keys``
+    is given one key per batch. Every index appears exactly once; the order is deterministic."""
+    order = sorted(range(len(durations)), key=lambda i: (-durations[i], i))
+    groups: dict[str, list[int]] = {}
+    for i in order:
+        groups.setdefault(keys[i] if keys is not None else "", []).append(i)
+    batches: list[list[int]] = []
+    for members in groups.values():
+        batch: list[int] = []
+        for i in members:
+            longest = durations[batch[0]] if batch else durations[i]
+            if batch and ((len(batch) + 1) * longest > batch_seconds or len(batch) >= max_batch_size):
+                batches.append(batch)
+                batch = []
+            batch.append(i)
+        if batch:
+            batches.append(batch)
+    return batches
+
+
+class Decoder:
+    """Beam decoding with one ComSL model and its tokenizer. Construction does no I/O."""
+
+    def __init__(self, model, tokenizer, config: DecodeConfig):
+        from comsl.data.features import build_frontend
+
+        config.validate()
+        self.config = config
+        self.device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = model.to(self.device).eval()
+        self.tokenizer = tokenizer
+        self.frontend = build_frontend(
+            model.config.speech_frontend, n_mels=model.config.num_mel_bins or 80
+        ).to(self.device).eval()
+        self.max_samples = int(float(model.config.max_speech_seconds) * SAMPLING_RATE)
+        self.truncated: list[str] = []
+        self.failed: list[str] = []
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | os.PathLike, config: DecodeConfig) -> "Decoder":
+        """Load the model and tokenizer of ``checkpoint`` (see evaluation.checkpoint.resolve_checkpoint)."""
+        from comsl.data.tokenizer import load_tokenizer
+        from comsl.models.composite import ComSLModel
+        from evaluation.checkpoint import resolve_checkpoint
+
+        model_dir = resolve_checkpoint(checkpoint)
+        try:
+            tokenizer = load_tokenizer(model_dir)
+        except DataError as err:
+            raise CheckpointError(f"{model_dir}: model directory without its tokenizer ({err})") from err
+        try:
+            model = ComSLModel.from_pretrained(str(model_dir))
+        except (OSError, ValueError, RuntimeError) as err:
+            raise CheckpointError(f"{model_dir}: cannot load the ComSL model ({err})") from err
+        decoder = cls(model, tokenizer, config)
+        decoder.model_dir = model_dir
+        return decoder
+
+    def _lang_id(self, code: str) -> int:
+        from comsl.data.tokenizer import lang_id
+
+        return lang_id(self.tokenizer, code)
+
+    def _load(self, utt: Utterance) -> np.ndarray | None:
+        """16 kHz mono audio of ``utt`` cut to the model's longest input; None (counted) when it fails."""
+        from comsl.data.audio import load_audio
+
+        try:
+            wav = load_audio(utt.audio)
+        except DataError as err:
+            log.warning("utterance %s: %s; it gets an empty hypothesis", utt.id, err)
+            self.failed.append(utt.id)
+            return None
+        if wav.shape[0] > self.max_samples:
+            # Longer than the model accepts: decode the first max_speech_seconds (counted, reported).
+            self.truncated.append(utt.id)
+            wav = wav[: self.max_samples]
+        return wav
+
+    @torch.no_grad()
+    def decode_waveforms(self, waves: Sequence[np.ndarray], src_langs: Sequence[str]) -> list[str]:
+        """One batch: waveforms (each (S_i,), 16 kHz) and their CoVoST source codes -> hypotheses.
+
+        ASR needs one source language per call (it is the forced first token).
+        """
+        task = self.config.task
+        if task == "asr" and len(set(src_langs)) > 1:
+            raise ComSLError(f"ASR batch mixes languages {sorted(set(src_langs))}; decode one language per batch")
+        lengths = torch.tensor([w.shape[0] for w in waves], dtype=torch.long)
+        padded = torch.zeros(len(waves), int(lengths.max()))
+        for i, w in enumerate(waves):
+            padded[i, : w.shape[0]] = torch.from_numpy(w)
+        speech, speech_mask = self.frontend(padded.to(self.device), lengths.to(self.device))
+        src_ids = torch.tensor([self._lang_id(l) for l in src_langs], dtype=torch.long, device=self.device)
+        tgt = self._lang_id(src_langs[0]) if task == "asr" else self._lang_id(TARGET_CODE)
+        out = self.model.generate_speech(
+            speech, speech_mask, src_ids, tgt, num_beams=self.config.beam,
+            max_new_tokens=self.config.max_new_tokens, length_penalty=self.config.length_penalty,
+        )
+        texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)
+        return [" ".join(t.split()) for t in texts]
+
+    def decode(self, utts: Sequence[Utterance], progress: bool = True) -> list[str]:
+        """Hypotheses for ``utts`` in their order. Failed audio gives "" and is listed in ``self.failed``;
+        more than ``max_failure_rate`` of them raises DataError naming the first few ids."""
+        cfg = self.config
+        keys = [u.src_lang for u in utts] if cfg.task == "asr" else None
+        batches = make_batches([u.duration for u in utts], cfg.batch_seconds, cfg.max_batch_size, keys)
+        hyps: list[str] = [""] * len(utts)
+        bar = tqdm(total=len(utts), desc=f"decoding ({cfg.task}, beam {cfg.beam})", unit="utt",
+                   disable=not progress)
+        for batch in batches:
+            loaded = [(i, self._load(utts[i])) for i in batch]
+            loaded = [(i, w) for i, w in loaded if w is not None]
+            if loaded:
+                texts = self.decode_waveforms([w for _, w in loaded], [utts[i].src_lang for i, _ in loaded])
+                for (i, _), text in zip(loaded, texts):
+                    hyps[i] = text
+            bar.update(len(batch))
+        bar.close()
+        if len(self.failed) > cfg.max_failure_rate * len(utts):
+            raise DataError(
+                f"{len(self.failed)} of {len(utts)} audio files could not be decoded (limit "
+                f"{cfg.max_failure_rate:.0%}), e.g. {', '.join(self.failed[:5])}; fix or re-prepare the data"
+            )
+        return hyps
+
+
+def file_utterances(paths: Sequence[str | os.PathLike], src_lang: str) -> list[Utterance]:
+    """Utterances for audio files (duration from the header). Raises DataError for a missing file."""
+    from comsl.data.audio import audio_info
+
+    lang = normalize_lang(src_lang)
+    out = []
+    for p in paths:
+        frames, sr = audio_info(p)
+        out.append(Utterance(id=os.fspath(p), audio=os.fspath(p), src_lang=lang, duration=frames / max(sr, 1)))
+    return out
