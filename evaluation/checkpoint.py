@@ -5,8 +5,9 @@ Accepted, in this order of preference:
 2. a checkpoint directory holding the model under ``model/`` (``runs/x/checkpoints/step_500``);
 3. a training run directory with ``best/``, ``final/`` or ``export/`` (each a model directory, or
    holding one under ``model/``);
-4. a training run directory with ``checkpoints/<name>/model/``: the newest complete one (highest
-   step number; ``*.tmp`` directories, which an interrupted save leaves, are never used).
+4. a training run directory with ``checkpoints/step_<N>/model/``: the newest complete one (highest
+   N with the trainer's ``COMPLETE`` marker; ``step_<N>.tmp`` directories, which an interrupted save
+   leaves, are never used).
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from comsl.errors import CheckpointError
 
 RUN_SUBDIRS: tuple[str, ...] = ("best", "final", "export")
 WEIGHT_FILES: tuple[str, ...] = ("model.safetensors", "model.safetensors.index.json")
-_STEP = re.compile(r"(\d+)")
+# Same names as comsl.training.checkpoint (MARKER, STEP_DIR); kept here so evaluation needs no trainer.
+COMPLETE_MARKER = "COMPLETE"
+_STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
 def comsl_config_problem(path: Path) -> str | None:
@@ -51,9 +54,20 @@ def _model_dir_in(path: Path) -> Path | None:
     return None
 
 
-def _step_key(path: Path) -> tuple[int, float]:
-    numbers = _STEP.findall(path.name)
-    return (int(numbers[-1]) if numbers else -1, path.stat().st_mtime)
+def _training_checkpoints(checkpoints: Path) -> tuple[list[tuple[int, Path]], list[str]]:
+    """Complete ``step_<N>`` checkpoints holding an exported ``model/``, and why others were skipped."""
+    usable, skipped = [], []
+    for d in sorted(checkpoints.iterdir()):
+        match = _STEP_DIR.match(d.name)
+        if not d.is_dir() or match is None:
+            continue
+        if not (d / COMPLETE_MARKER).is_file():
+            skipped.append(f"{d.name}: no {COMPLETE_MARKER} marker")
+        elif _model_dir_in(d / "model") is None:
+            skipped.append(f"{d.name}: no exported model/ (train.checkpoint_export off?)")
+        else:
+            usable.append((int(match.group(1)), d / "model"))
+    return usable, skipped
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
@@ -73,17 +87,14 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
         found = _model_dir_in(root / name)
         if found is not None:
             return found
-    checkpoints = root / "checkpoints"
-    if checkpoints.is_dir():
-        complete = [
-            d for d in checkpoints.iterdir()
-            if d.is_dir() and not d.name.endswith(".tmp") and _model_dir_in(d / "model") is not None
-        ]
-        if complete:
-            return max(complete, key=_step_key) / "model"
-    own = comsl_config_problem(root)
+    skipped: list[str] = []
+    if (root / "checkpoints").is_dir():
+        usable, skipped = _training_checkpoints(root / "checkpoints")
+        if usable:
+            return max(usable)[1]
+    why = "; ".join([str(comsl_config_problem(root))] + skipped)
     raise CheckpointError(
-        f"{root}: not a ComSL checkpoint ({own}); expected an exported model directory "
+        f"{root}: not a ComSL checkpoint ({why}); expected an exported model directory "
         "(ComSL config.json + model.safetensors), or a training run directory with one in "
-        f"{', '.join(n + '/' for n in RUN_SUBDIRS)} or checkpoints/<step>/model/"
+        f"{', '.join(n + '/' for n in RUN_SUBDIRS)} or checkpoints/step_<N>/model/ (with {COMPLETE_MARKER})"
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -45,7 +45,8 @@ class DecodeConfig:
     max_batch_size: int = 64
     """Cap on utterances per batch."""
     device: str | None = None
-    """torch device; None picks CUDA when available, else CPU."""
+    """torch device; None: a loaded checkpoint goes to CUDA when available, else CPU; a model handed
+    to ``Decoder`` stays where it is."""
     max_failure_rate: float = 0.01
     """Fraction of utterances whose audio may fail to decode (they get an empty hypothesis) before the run stops."""
 
@@ -159,8 +160,10 @@ class Decoder:
 
         config.validate()
         self.config = config
-        self.device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = model.to(self.device).eval()
+        if config.device is not None:
+            model = model.to(torch.device(config.device))
+        self.device = next(model.parameters()).device
+        self.model = model.eval()
         self.tokenizer = tokenizer
         self.frontend = build_frontend(
             model.config.speech_frontend, n_mels=model.config.num_mel_bins or 80
@@ -185,7 +188,8 @@ class Decoder:
             model = ComSLModel.from_pretrained(str(model_dir))
         except (OSError, ValueError, RuntimeError) as err:
             raise CheckpointError(f"{model_dir}: cannot load the ComSL model ({err})") from err
-        decoder = cls(model, tokenizer, config)
+        device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        decoder = cls(model, tokenizer, replace(config, device=device))
         decoder.model_dir = model_dir
         return decoder
 
@@ -233,9 +237,13 @@ class Decoder:
         texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)
         return [" ".join(t.split()) for t in texts]
 
-    def decode(self, utts: Sequence[Utterance], progress: bool = True) -> list[str]:
-        """Hypotheses for ``utts`` in their order. Failed audio gives "" and is listed in ``self.failed``;
-        more than ``max_failure_rate`` of them raises DataError naming the first few ids."""
+    def decode(
+        self, utts: Sequence[Utterance], progress: bool = True, audio: Sequence[np.ndarray] | None = None
+    ) -> list[str]:
+        """Hypotheses for ``utts`` in their order. ``audio``: already loaded 16 kHz waveforms aligned
+        with ``utts`` (else each file is loaded when its batch comes). Failed audio gives "" and is
+        listed in ``self.failed``; more than ``max_failure_rate`` of them raises DataError naming the
+        first few ids."""
         cfg = self.config
         keys = [u.src_lang for u in utts] if cfg.task == "asr" else None
         batches = make_batches([u.duration for u in utts], cfg.batch_seconds, cfg.max_batch_size, keys)
@@ -243,7 +251,7 @@ class Decoder:
         bar = tqdm(total=len(utts), desc=f"decoding ({cfg.task}, beam {cfg.beam})", unit="utt",
                    disable=not progress)
         for batch in batches:
-            loaded = [(i, self._load(utts[i])) for i in batch]
+            loaded = [(i, self._load(utts[i]) if audio is None else audio[i][: self.max_samples]) for i in batch]
             loaded = [(i, w) for i, w in loaded if w is not None]
             if loaded:
                 texts = self.decode_waveforms([w for _, w in loaded], [utts[i].src_lang for i, _ in loaded])

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from comsl.errors import CheckpointError
-from evaluation.checkpoint import resolve_checkpoint
+from evaluation.checkpoint import COMPLETE_MARKER, resolve_checkpoint
 
 
 def make_model_dir(path, model_type="comsl"):
@@ -32,15 +32,40 @@ def test_run_dir_prefers_best_then_final_then_export(tmp_path):
     assert resolve_checkpoint(run) == run / "best"
 
 
+def make_step(run, name, marker=True, model=True):
+    d = run / "checkpoints" / name
+    d.mkdir(parents=True)
+    if model:
+        make_model_dir(d / "model")
+    if marker:
+        (d / COMPLETE_MARKER).write_text("")
+    return d
+
+
 def test_newest_complete_training_checkpoint(tmp_path):
     run = tmp_path / "run"
-    make_model_dir(run / "checkpoints" / "step_900" / "model")
-    make_model_dir(run / "checkpoints" / "step_1000" / "model")
-    make_model_dir(run / "checkpoints" / "step_1100.tmp" / "model")  # interrupted save
-    (run / "checkpoints" / "step_1200" / "model").mkdir(parents=True)  # no config/weights yet
+    make_step(run, "step_900")
+    make_step(run, "step_1000")
+    make_step(run, "step_1100.tmp", marker=False)  # interrupted save
+    make_step(run, "step_1200", marker=False)  # no marker: never used
+    make_step(run, "step_1300", model=False)  # checkpoint without an export
     os.utime(run / "checkpoints" / "step_900", (2e9, 2e9))  # mtime must not beat the step number
     assert resolve_checkpoint(run) == run / "checkpoints" / "step_1000" / "model"
     assert resolve_checkpoint(run / "checkpoints" / "step_900") == run / "checkpoints" / "step_900" / "model"
+
+
+def test_marker_name_matches_the_trainer():
+    training = pytest.importorskip("comsl.training.checkpoint", reason="trainer not importable")
+    assert training.MARKER == COMPLETE_MARKER
+    assert training.STEP_DIR.match("step_12") and not training.STEP_DIR.match("step_12.tmp")
+
+
+def test_error_lists_skipped_training_checkpoints(tmp_path):
+    run = tmp_path / "run"
+    make_step(run, "step_5", model=False)
+    make_step(run, "step_6", marker=False)
+    with pytest.raises(CheckpointError, match=r"step_5: no exported model/.*step_6: no COMPLETE marker"):
+        resolve_checkpoint(run)
 
 
 def test_errors_name_the_dir_and_what_was_expected(tmp_path):

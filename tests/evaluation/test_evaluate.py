@@ -46,6 +46,7 @@ def run_dir(tmp_path_factory):
     for name in ("step_2", "step_4.tmp"):
         model.save_pretrained(root / "run" / "checkpoints" / name / "model")
         tok.save_pretrained(root / "run" / "checkpoints" / name / "model")
+    (root / "run" / "checkpoints" / "step_2" / "COMPLETE").write_text("")
     rng = np.random.default_rng(0)
     rows = []
     for i, (lang, tr, tl) in enumerate(UTTS):
@@ -123,3 +124,21 @@ def test_checkpoint_errors_are_one_line(tmp_path, capsys):
     assert main(["translate", "--checkpoint", str(tmp_path), "--src-lang", "fr", "x.wav"]) == 2
     err = capsys.readouterr().err.strip()
     assert "not a ComSL checkpoint" in err and len(err.splitlines()) == 1
+
+
+def test_dev_evaluator_matches_evaluate(run_dir, tmp_path):
+    from comsl.data.tokenizer import load_tokenizer
+    from comsl.models.composite import ComSLModel
+    from evaluation.decode import DecodeConfig
+    from evaluation.dev import DevEvaluator
+
+    model_dir = run_dir / "run" / "checkpoints" / "step_2" / "model"
+    config = DecodeConfig(beam=2, max_new_tokens=6, batch_seconds=4)
+    dev = DevEvaluator.from_manifest(run_dir / "data" / "test.tsv", load_tokenizer(model_dir), config,
+                                     langs=["fr", "de"], per_language=1)
+    assert [u.id for u in dev.utts] == ["u0", "u2"]
+    model = ComSLModel.from_pretrained(str(model_dir))
+    model.train()
+    result = dev(model)
+    assert set(result["bleu"]) == {"fr", "de"} and result["avg"] == pytest.approx(sum(result["bleu"].values()) / 2)
+    assert dev(model) == result  # deterministic, and the model is left usable

@@ -1,0 +1,60 @@
+"""Dev BLEU during training: the trainer's ``evaluate_fn(model) -> {"bleu": {lang: x}, "avg": x}``.
+
+Scored exactly like ``comsl evaluate`` (corpus sacreBLEU on raw references, Avg over languages) on a
+fixed, deterministic subset of a manifest, with audio loaded once up front.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from evaluation.decode import DecodeConfig, Decoder, Utterance, read_utterances
+from evaluation.scoring import score_languages
+
+
+class DevEvaluator:
+    """Callable ``(model) -> {"bleu", "chrf", "avg", "groups"}``. Construction does no I/O; use
+    ``from_manifest`` to read and load the audio."""
+
+    def __init__(self, utts: Sequence[Utterance], audio: Sequence[np.ndarray], tokenizer, config: DecodeConfig):
+        self.utts = list(utts)
+        self.audio = list(audio)
+        self.tokenizer = tokenizer
+        # The model stays on its training device.
+        self.config = replace(config, device=None)
+        self.config.validate()
+
+    @classmethod
+    def from_manifest(
+        cls, manifest: str | os.PathLike, tokenizer, config: DecodeConfig | None = None,
+        langs: Iterable[str] | None = None, per_language: int | None = None,
+    ) -> "DevEvaluator":
+        """Read ``manifest`` (optionally only ``langs`` and the first ``per_language`` utterances of each)
+        and load its audio. Greedy decoding (beam 1) by default: dev BLEU is for tracking, not reporting."""
+        from comsl.data.audio import load_audio
+
+        utts = read_utterances(manifest, langs)
+        if per_language is not None:
+            seen: dict[str, int] = {}
+            kept = []
+            for u in utts:
+                if seen.get(u.src_lang, 0) < per_language:
+                    seen[u.src_lang] = seen.get(u.src_lang, 0) + 1
+                    kept.append(u)
+            utts = kept
+        return cls(utts, [load_audio(u.audio) for u in utts], tokenizer, config or DecodeConfig(beam=1))
+
+    def __call__(self, model) -> dict:
+        decoder = Decoder(model, self.tokenizer, self.config)
+        hyps = decoder.decode(self.utts, progress=False, audio=self.audio)
+        by_lang_h: dict[str, list[str]] = {}
+        by_lang_r: dict[str, list[str]] = {}
+        for u, h in zip(self.utts, hyps):
+            by_lang_h.setdefault(u.src_lang, []).append(h)
+            by_lang_r.setdefault(u.src_lang, []).append(u.reference(self.config.task))
+        scores = score_languages(by_lang_h, by_lang_r, self.config.task)
+        return {"bleu": scores.bleu, "chrf": scores.chrf, "avg": scores.groups["Avg"], "groups": scores.groups}
