@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import heapq
 import math
+import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterable, Mapping
 
 from sacrebleu.metrics import BLEU
@@ -21,7 +23,7 @@ from sacrebleu.metrics.helpers import extract_all_word_ngrams
 from tqdm import tqdm
 
 from comsl.errors import DataError
-from evaluation.scoring import Scores, bleu_tokenizer_for, score_languages
+from evaluation.scoring import Scores, bleu_tokenizer_for, read_lines, score_languages
 
 MAX_ORDER = 4
 
@@ -75,6 +77,16 @@ def score_baseline(
     scores = score_languages({l: list(hyps[l]) for l in langs}, {l: list(refs[l]) for l in langs}, task)
     kept = {l: list(hyps[l]) for l in langs} if keep_hypotheses else None
     return BaselineResult(name=name, scores=scores, hypotheses=kept, details=dict(details or {}))
+
+
+def load_baseline_hypotheses(directory: str | os.PathLike, langs: Iterable[str]) -> dict[str, list[str]]:
+    """``<directory>/<lang>.txt`` for each of ``langs`` that has one (the layout of report
+    ``hypotheses/``: one line per utterance, in manifest order). Raises DataError when none exists."""
+    directory = Path(directory)
+    found = {lang: read_lines(directory / f"{lang}.txt") for lang in langs if (directory / f"{lang}.txt").is_file()}
+    if not found:
+        raise DataError(f"{directory}: no <lang>.txt hypothesis files for any of {', '.join(langs)}")
+    return found
 
 
 class _ConstantScorer:

@@ -10,10 +10,10 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from comsl.errors import DataError
-from evaluation.baselines import BaselineResult, constant_baseline
+from evaluation.baselines import BaselineResult, constant_baseline, load_baseline_hypotheses, score_baseline
 from evaluation.decode import DecodeConfig, Decoder, Utterance, manifest_path, read_utterances
 from evaluation.report import print_table, write_report
 from evaluation.scoring import score_languages
@@ -51,6 +51,7 @@ def evaluate(
     config: DecodeConfig | None = None,
     baselines_from: str | os.PathLike | None = None,
     extra_baselines: Iterable[BaselineResult] = (),
+    baseline_dirs: Mapping[str, str | os.PathLike] | None = None,
     progress: bool = True,
     print_results: bool = True,
 ) -> dict:
@@ -58,6 +59,7 @@ def evaluate(
 
     ``baselines_from``: a training manifest (or directory with train.tsv) for the ``constant``
     baseline. ``extra_baselines``: already-scored baselines (e.g. Whisper zero-shot) to include.
+    ``baseline_dirs``: {name: directory of <lang>.txt hypotheses in manifest order}, scored here.
     Raises CheckpointError / DataError / ComSLError with what to fix.
     """
     config = config or DecodeConfig()
@@ -82,6 +84,9 @@ def evaluate(
     if baselines_from is not None:
         pool = train_targets(baselines_from, config.task, list(refs_by_lang))
         baselines.insert(0, constant_baseline(pool, refs_by_lang, config.task, progress=progress))
+    for name, directory in (baseline_dirs or {}).items():
+        hyps_b = load_baseline_hypotheses(directory, list(refs_by_lang))
+        baselines.append(score_baseline(name, hyps_b, refs_by_lang, config.task))
 
     meta = {
         "checkpoint": str(decoder.model_dir),

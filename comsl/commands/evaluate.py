@@ -28,6 +28,8 @@ def register(sub) -> None:
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--baselines-from", default=None, metavar="TRAIN_MANIFEST",
                    help="training manifest (or prepared dir) for the 'constant' baseline")
+    p.add_argument("--baseline", action="append", default=[], metavar="NAME=DIR",
+                   help="score another system's outputs DIR/<lang>.txt (manifest order) as baseline NAME; repeatable")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--out", required=True, help="output directory for the report")
     p.set_defaults(func=run)
@@ -42,6 +44,16 @@ def _langs(values: list[str] | None) -> list[str] | None:
         raise ComSLError(f"--langs: {err}") from err
 
 
+def _baseline_dirs(values: list[str]) -> dict[str, str]:
+    out = {}
+    for value in values:
+        name, sep, directory = value.partition("=")
+        if not sep or not name or not directory:
+            raise ComSLError(f"--baseline: expected NAME=DIR, got {value!r}")
+        out[name] = directory
+    return out
+
+
 def run(args) -> int:
     from evaluation.decode import DecodeConfig
     from evaluation.evaluate import evaluate
@@ -51,5 +63,6 @@ def run(args) -> int:
         batch_seconds=args.batch_seconds, max_batch_size=args.max_batch_size, device=args.device,
     )
     evaluate(args.checkpoint, args.data, args.out, split=args.split, langs=_langs(args.langs), config=config,
-             baselines_from=args.baselines_from, progress=not args.no_progress)
+             baselines_from=args.baselines_from, baseline_dirs=_baseline_dirs(args.baseline),
+             progress=not args.no_progress)
     return 0

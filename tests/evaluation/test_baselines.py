@@ -6,7 +6,9 @@ import pytest
 import sacrebleu
 
 from comsl.errors import DataError
-from evaluation.baselines import _ConstantScorer, best_constant_sentence, constant_baseline, score_baseline
+from evaluation.baselines import (
+    _ConstantScorer, best_constant_sentence, constant_baseline, load_baseline_hypotheses, score_baseline,
+)
 
 TRAIN = [
     "the weather is nice today .",
@@ -68,3 +70,10 @@ def test_named_baseline_scored_like_the_model():
     assert result.to_json()["bleu"]["fr"] == sacrebleu.corpus_bleu(["the house is big ."] * 3, [REFS_FR]).score
     with pytest.raises(DataError, match="none of the languages"):
         score_baseline("x", {"ja": ["a"]}, {"fr": REFS_FR})
+
+
+def test_load_baseline_hypotheses(tmp_path):
+    (tmp_path / "fr.txt").write_text("a\nb  \n", encoding="utf-8")
+    assert load_baseline_hypotheses(tmp_path, ["fr", "de"]) == {"fr": ["a", "b"]}
+    with pytest.raises(DataError, match="no <lang>.txt"):
+        load_baseline_hypotheses(tmp_path, ["de"])

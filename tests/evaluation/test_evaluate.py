@@ -76,7 +76,8 @@ def _evaluate(run_dir, out, *extra):
 def test_evaluate_end_to_end_is_deterministic(run_dir, tmp_path, capsys):
     assert _evaluate(run_dir, tmp_path / "a", "--baselines-from", str(run_dir / "data")) == 0
     printed = capsys.readouterr().out
-    assert _evaluate(run_dir, tmp_path / "b") == 0
+    # The first run's outputs, scored as a named baseline, equal the model's own scores.
+    assert _evaluate(run_dir, tmp_path / "b", "--baseline", f"again={tmp_path / 'a' / 'hypotheses'}") == 0
     report = json.loads((tmp_path / "a" / "report.json").read_text(encoding="utf-8"))
     again = json.loads((tmp_path / "b" / "report.json").read_text(encoding="utf-8"))
 
@@ -96,6 +97,7 @@ def test_evaluate_end_to_end_is_deterministic(run_dir, tmp_path, capsys):
         refs = (tmp_path / "a" / "references" / f"{lang}.txt").read_text(encoding="utf-8").splitlines()
         assert refs == [tl for l, _, tl in UTTS if l == lang]  # raw reference text
     assert report["bleu"] == again["bleu"] and report["chrf"] == again["chrf"]
+    assert again["baselines"]["again"]["bleu"] == report["bleu"]
 
     png = tmp_path / "a" / "bleu_per_language.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and mpimg.imread(png).ndim == 3
@@ -118,6 +120,13 @@ def test_translate_prints_one_line_per_file(run_dir, capsys):
     assert main(args) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2 and all(lines)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_evaluate_on_cuda_matches_cpu_languages(run_dir, tmp_path):
+    assert _evaluate(run_dir, tmp_path, "--device", "cuda") == 0
+    report = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
+    assert report["languages"] == ["fr", "de", "ja"]
 
 
 def test_checkpoint_errors_are_one_line(tmp_path, capsys):
