@@ -169,8 +169,12 @@ class Decoder:
             model.config.speech_frontend, n_mels=model.config.num_mel_bins or 80
         ).to(self.device).eval()
         self.max_samples = int(float(model.config.max_speech_seconds) * SAMPLING_RATE)
+        self.model_dir: Path | None = None
+        """Where the model was loaded from (set by ``from_checkpoint``)."""
         self.truncated: list[str] = []
+        """Ids of utterances longer than the model accepts (decoded on their first max_speech_seconds)."""
         self.failed: list[str] = []
+        """Ids of utterances whose audio could not be decoded (empty hypotheses)."""
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | os.PathLike, config: DecodeConfig) -> "Decoder":

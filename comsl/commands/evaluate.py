@@ -14,7 +14,7 @@ def register(sub) -> None:
                     "bleu_per_language.png, then prints the per-language BLEU table.",
     )
     p.add_argument("--checkpoint", required=True,
-                   help="exported model dir, or a training run dir (best/, final/, export/, checkpoints/*/model/)")
+                   help="exported model dir, or a training run dir (best/, final/, export/, checkpoints/step_N/model/)")
     p.add_argument("--data", required=True, help="manifest .tsv, or the directory 'comsl prepare' wrote")
     p.add_argument("--split", default="test", help="split when --data is a directory (default: test)")
     p.add_argument("--langs", nargs="+", default=None,
