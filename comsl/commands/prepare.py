@@ -41,7 +41,23 @@ def register(sub) -> None:
     m.add_argument("--workers", type=int, default=2, help="synthesis processes (default 2)")
     m.add_argument("--tokenizer-vocab", type=int, default=None,
                    help="also train a sentencepiece tokenizer of this size into <out>/tokenizer")
+    m.add_argument("--extra-per-lang", type=int, default=None,
+                   help="extra clips per language only in validated.tsv (for 'prepare pseudo')")
     m.set_defaults(func=run_mini)
+
+    s = kinds.add_parser("pseudo", help="translate transcripts of extra Common Voice clips with an MT model "
+                                         "into an extra CoVoST-format training TSV")
+    s.add_argument("--model", required=True, help="exported ComSL model directory (with its tokenizer)")
+    s.add_argument("--cv-root", required=True, help="Common Voice root with <lang>/validated.tsv")
+    s.add_argument("--covost-root", required=True, help="CoVoST TSVs: clips listed there are left out")
+    s.add_argument("--langs", required=True, help="comma-separated CoVoST codes")
+    s.add_argument("--out", required=True, help="output directory (use it as --covost-root of prepare covost2)")
+    s.add_argument("--max-per-lang", type=int, default=None, help="label at most this many clips per language")
+    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--beams", type=int, default=5)
+    s.add_argument("--max-new-tokens", type=int, default=128)
+    s.add_argument("--device", default="cpu")
+    s.set_defaults(func=run_pseudo)
 
 
 def run_covost2(args) -> int:
@@ -61,10 +77,29 @@ def run_mini(args) -> int:
     from comsl.data.mini import MiniConfig, build_mini
 
     kw = {k: v for k, v in {"per_lang": args.per_lang, "espeak_speed": args.espeak_speed,
-                            "espeak_gap": args.espeak_gap, "tokenizer_vocab": args.tokenizer_vocab}.items()
+                            "espeak_gap": args.espeak_gap, "tokenizer_vocab": args.tokenizer_vocab,
+                            "extra_per_lang": args.extra_per_lang}.items()
           if v is not None}
     langs = _langs(args.langs)
     if langs:
         kw["langs"] = langs
     build_mini(MiniConfig(out=args.out, seed=args.seed, num_workers=args.workers, **kw))
+    return 0
+
+
+def run_pseudo(args) -> int:
+    from comsl.data.pseudo import PseudoConfig, model_translator, pseudo_label
+    from comsl.errors import DataError
+    from comsl.models.composite import ComSLModel
+
+    model = ComSLModel.from_pretrained(args.model).to(args.device).eval()
+    if model.tokenizer is None:
+        raise DataError(f"{args.model}: no tokenizer saved with the model")
+    report = pseudo_label(
+        PseudoConfig(cv_root=args.cv_root, covost_root=args.covost_root, out=args.out, langs=_langs(args.langs),
+                     max_per_lang=args.max_per_lang, batch_size=args.batch_size),
+        model_translator(model, model.tokenizer, num_beams=args.beams, max_new_tokens=args.max_new_tokens),
+    )
+    for lang, r in report.items():
+        print(f"{lang}: {r['labelled']} clips labelled ({r['empty_translation']} empty translations)")
     return 0

@@ -97,6 +97,9 @@ class MiniConfig:
     """Synthesis processes."""
     tokenizer_vocab: int = 4000
     """Sentencepiece size of ``<out>/tokenizer`` (an upper bound); 0 skips the tokenizer."""
+    extra_per_lang: int = 0
+    """Extra clips per language listed only in validated.tsv (train-split sentences, like the Common
+    Voice clips CoVoST does not use), for pseudo-labelling."""
 
 
 # --------------------------------------------------------------------------- .po catalogs
@@ -236,7 +239,7 @@ _TAG = re.compile(r"<[^>]*>")
 
 
 def clean_markup(text: str) -> str:
-    """Strip HTML tags and entities, underscores used as accelerators, and extra whitespace."""
+    """Strip HTML tags and entities, and collapse whitespace."""
     text = html.unescape(_TAG.sub(" ", text))
     return " ".join(text.replace("\u00a0", " ").split())
 
@@ -418,7 +421,7 @@ def build_mini(cfg: MiniConfig) -> dict:
     clusters = cluster_sentences(english, cfg.jaccard)
     split_of = split_sentences(clusters, cfg.seed, cfg.dev_fraction, cfg.test_fraction)
 
-    jobs, rows = [], {lang: [] for lang in langs}
+    jobs, rows, extra = [], {lang: [] for lang in langs}, {lang: [] for lang in langs}
     for lang in langs:
         available = sorted(pairs[lang], key=lambda en: _stable_int(cfg.seed, "sample", lang, en))
         chosen = sorted(available[: cfg.per_lang], key=lambda en: _stable_int(cfg.seed, "order", en))
@@ -427,6 +430,11 @@ def build_mini(cfg: MiniConfig) -> dict:
         for en in chosen:
             name = f"common_voice_{lang}_{_stable_int(lang, en) % 10**9:09d}.mp3"
             rows[lang].append((name, pairs[lang][en], en, split_of[en]))
+            jobs.append((lang, pairs[lang][en], os.path.join(clips, name), cfg.espeak_speed, cfg.espeak_gap))
+        unused = [en for en in available[cfg.per_lang:] if split_of[en] == "train"]
+        for en in unused[: cfg.extra_per_lang]:
+            name = f"common_voice_{lang}_{_stable_int(lang, en) % 10**9:09d}.mp3"
+            extra[lang].append((name, pairs[lang][en]))
             jobs.append((lang, pairs[lang][en], os.path.join(clips, name), cfg.espeak_speed, cfg.espeak_gap))
 
     bar = dict(total=len(jobs), desc="synthesising", unit="clip", mininterval=1.0)
@@ -442,7 +450,8 @@ def build_mini(cfg: MiniConfig) -> dict:
 
     report = {"languages": {}, "left_out": [lang for lang in cfg.langs if lang not in langs]}
     for lang in langs:
-        cv_rows = [[CLIENT_ID, name, src, 2, 0, "", "", ""] for name, src, _, _ in rows[lang]]
+        cv_rows = [[CLIENT_ID, name, src, 2, 0, "", "", ""]
+                   for name, src in [(r[0], r[1]) for r in rows[lang]] + extra[lang]]
         _write_tsv(os.path.join(cfg.out, lang, "validated.tsv"),
                    ["client_id", "path", "sentence", "up_votes", "down_votes", "age", "gender", "accent"], cv_rows)
         _write_tsv(os.path.join(cfg.out, f"covost_v2.{lang}_{TARGET_LANG}.tsv"),
@@ -454,11 +463,12 @@ def build_mini(cfg: MiniConfig) -> dict:
                                    if r[3] == s) / CLIP_RATE / 3600, 4)}
             for s in SPLITS
         }
+        report["languages"][lang]["extra_clips"] = len(extra[lang])
     used = {r[2] for lang in langs for r in rows[lang]}
     report["unique_english"] = {s: sum(1 for en in used if split_of[en] == s) for s in SPLITS}
     report["clusters"] = {"sentences": len(english), "clusters": len(clusters),
                           "largest": max(map(len, clusters), default=0)}
-    report["total_hours"] = round(sum(samples.values()) / CLIP_RATE / 3600, 3)
+    report["total_hours"] = round(sum(samples.values()) / CLIP_RATE / 3600, 3)  # extra clips included
 
     if cfg.tokenizer_vocab:
         from comsl.data.tokenizer import train_tokenizer
