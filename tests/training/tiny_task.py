@@ -157,7 +157,8 @@ def make_task(*, seed: int = 1, hidden: int = HIDDEN, nan_steps=None, record: Pa
 
 def configs(out: str, **kw) -> tuple[TrainConfig, OptimConfig]:
     optim = OptimConfig(lr=kw.pop("lr", 3e-2), warmup_steps=kw.pop("warmup_steps", 3), weight_decay=0.1)
-    train = TrainConfig(out_dir=out, max_steps=kw.pop("max_steps", 8), log_every=1, save_every=4,
+    kw.setdefault("save_every", 4)
+    train = TrainConfig(out_dir=out, max_steps=kw.pop("max_steps", 8), log_every=1,
                         freeze_speech_fraction=kw.pop("freeze_speech_fraction", 0.25), **kw)
     return train, optim
 
@@ -167,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--engine", default="torch")
     p.add_argument("--zero-stage", type=int, default=None)
+    p.add_argument("--ds-config", default=None)
     p.add_argument("--max-steps", type=int, default=8)
     p.add_argument("--stop-after", type=int, default=0)
     p.add_argument("--save-every", type=int, default=4)
@@ -178,8 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     task = make_task(hidden=a.hidden, record=Path(a.out) / f"batches_rank{rank}.jsonl" if a.record else None)
     Path(a.out).mkdir(parents=True, exist_ok=True)
     train, optim = configs(a.out, max_steps=a.max_steps, stop_after=a.stop_after, engine=a.engine,
-                           zero_stage=a.zero_stage, grad_accum=a.grad_accum)
-    train.save_every = a.save_every
+                           zero_stage=a.zero_stage, grad_accum=a.grad_accum,
+                           deepspeed_config=a.ds_config, save_every=a.save_every)
     result = Trainer(task, train, optim).fit()
     params = {k: v.detach().float().cpu() for k, v in task.model.state_dict().items()}
     if rank == 0:
@@ -190,3 +192,15 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE",
+             "GROUP_RANK", "ROLE_RANK", "TORCHELASTIC_RUN_ID")
+
+
+def clean_env() -> dict[str, str]:
+    """This environment without the process-group variables an in-process DeepSpeed run left behind
+    (a child must pick its own port)."""
+    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2]) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
