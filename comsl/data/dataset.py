@@ -56,6 +56,24 @@ class TextPairDataset:
         """(N,) max(transcript, translation) token count per item, for batching by tokens."""
         return np.array([max(len(s), len(t)) for s, t in self._encode_all()], dtype=np.int64)
 
+    def drop_long_text(self, max_tokens: int) -> list[str]:
+        """Remove items whose transcript or translation has more than ``max_tokens`` tokens (lang
+        code and </s> included); returns and logs the removed ids so none is dropped silently."""
+        lengths = self.token_lengths()
+        keep = [i for i, n in enumerate(lengths) if n <= max_tokens]
+        dropped = [self.entries[i]["id"] for i, n in enumerate(lengths) if n > max_tokens]
+        if dropped:
+            log.warning("dropping %d of %d utterances with more than %d tokens: %s", len(dropped),
+                        len(self.entries), max_tokens, ", ".join(dropped[:10]) + (" ..." if len(dropped) > 10 else ""))
+            encoded = self._encode_all()
+            self.entries = [self.entries[i] for i in keep]
+            self._encoded = [encoded[i] for i in keep]
+            self._on_subset(keep)
+        return dropped
+
+    def _on_subset(self, keep: list[int]) -> None:
+        """Hook for subclasses holding per-item state."""
+
     def text_item(self, i: int) -> dict:
         e = self.entries[i]
         src, tgt = self._encode_all()[i]
@@ -81,6 +99,10 @@ class SpeechDataset(TextPairDataset):
         self.max_fail_fraction = max_fail_fraction
         self._waves: dict[int, np.ndarray] = {}
         self.failed: dict[str, str] = {}  # id -> error, utterances skipped at run time
+
+    def _on_subset(self, keep: list[int]) -> None:
+        new_index = {old: new for new, old in enumerate(keep)}
+        self._waves = {new_index[i]: w for i, w in self._waves.items() if i in new_index}
 
     def audio_lengths(self) -> np.ndarray:
         """(N,) samples at 16 kHz per item, from the manifest (no decoding)."""

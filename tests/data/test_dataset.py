@@ -67,3 +67,14 @@ def test_text_pair_dataset(setup):
                           "translation_ids", "translation_mask"}
     assert batch["translation_ids"][:, 0].tolist() == [lang_id(tok, "en")] * 2
     assert ds.token_lengths().tolist()[0] == max(len(ds[0]["transcript_ids"]), len(ds[0]["translation_ids"]))
+
+
+def test_drop_long_text_reports_ids(setup):
+    root, tok = setup
+    ds = SpeechDataset.from_manifest(str(root / "train.tsv"), tok, cache=True)
+    ds.entries[1] = dict(ds.entries[1], translation="a much longer sentence number one, with many more words")
+    ds[5]
+    limit = int(sorted(ds.token_lengths())[-2])
+    assert ds.drop_long_text(limit) == ["fr_u1"]
+    assert len(ds) == 5 and all(n <= limit for n in ds.token_lengths())
+    assert all(ds[i]["audio"].shape == (ds.entries[i]["n_samples"],) for i in range(len(ds)))
