@@ -67,6 +67,10 @@ def whisper_zero_shot(
     max_samples = feature_extractor.n_samples
     prompt_len = 4  # <|startoftranscript|> <|xx|> <|translate|> <|notimestamps|>
     max_new_tokens = min(max_new_tokens, model.config.max_target_positions - prompt_len)
+    gen = model.generation_config
+    # No timestamps wanted; suppressing them also keeps generate() to one pass over the 30 s window
+    # (an emitted timestamp would make it re-decode the rest of the window segment by segment).
+    suppress = sorted(set(gen.suppress_tokens or []) | set(range(gen.no_timestamps_token_id + 1, model.config.vocab_size)))
     results: dict[str, list[str]] = {}
     for lang, waveforms in waveforms_by_lang.items():
         code = whisper_language(lang)
@@ -89,6 +93,7 @@ def whisper_zero_shot(
                 task="translate",
                 num_beams=beam,
                 max_new_tokens=max_new_tokens,
+                suppress_tokens=suppress,
             )
             hypotheses += [text.strip() for text in tokenizer.batch_decode(out, skip_special_tokens=True)]
         results[lang] = hypotheses
