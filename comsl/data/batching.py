@@ -33,8 +33,8 @@ class LengthBucketSampler:
     split (tiny data) are up to W - 1 batches repeated.
 
     Resuming: ``state_dict()`` holds the epoch and the position inside it; after
-    ``load_state_dict`` iteration continues with exactly the next batches. Iterating to the end of
-    an epoch moves to the next one. With a prefetching DataLoader the sampler runs ahead of
+    ``load_state_dict`` iteration continues with exactly the next batches. A new iteration after an
+    epoch's last batch starts the next epoch. With a prefetching DataLoader the sampler runs ahead of
     training; pass the number of batches actually consumed to ``state_dict(consumed=...)``.
     """
 
@@ -117,12 +117,14 @@ class LengthBucketSampler:
         return len(self.rank_batches())
 
     def __iter__(self) -> Iterator[list[int]]:
+        if self.position > 0 and self.position >= len(self.rank_batches()):
+            # The previous epoch was finished: move on only now, so a state saved after its last
+            # batch still names that epoch (and ``consumed`` counts stay consistent).
+            self.epoch, self.position = self.epoch + 1, 0
         batches = self.rank_batches()
         while self.position < len(batches):
             self.position += 1
             yield batches[self.position - 1]
-        self.epoch += 1
-        self.position = 0
 
     def set_epoch(self, epoch: int) -> None:
         """Start ``epoch`` from its beginning; a no-op when already in it (keeps a restored position)."""

@@ -26,7 +26,7 @@ def test_batches_respect_caps_cover_epoch_and_depend_on_seed_and_epoch():
         assert len(b) * TOKENS[b].max() <= 400 and len(b) * (SAMPLES[b] // 160).max() <= 6000
     assert list(_sampler()) == batches  # same seed, same batches
     assert list(_sampler(seed=4)) != batches
-    assert list(s) != batches and s.epoch == 2  # the next epoch reshuffles
+    assert s.epoch == 0 and list(s) != batches and s.epoch == 1  # the next epoch reshuffles
     # Bucketing: a batch's lengths are close (sorted, then packed).
     spread = np.mean([np.ptp(SAMPLES[b]) for b in batches if len(b) > 1])
     assert spread < 0.1 * np.ptp(SAMPLES)
@@ -42,7 +42,8 @@ def test_restored_state_continues_with_exactly_the_next_batches():
     fresh.load_state_dict(state)
     fresh.set_epoch(0)  # a trainer calling set_epoch on the restored epoch keeps the position
     assert list(fresh) == rest and first + rest == s.rank_batches(0)
-    assert fresh.state_dict()["epoch"] == 1
+    assert fresh.state_dict() == {"epoch": 0, "position": len(first + rest), "seed": 3, "world_size": 2}
+    assert next(iter(fresh)) == fresh.rank_batches(1)[0] and fresh.epoch == 1
     # consumed= overrides the position (a prefetching DataLoader runs ahead of training).
     again = _sampler(world_size=2, rank=1)
     again.load_state_dict(s.state_dict(consumed=2) | {"epoch": 0})
