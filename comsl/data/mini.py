@@ -259,9 +259,9 @@ def catalog_pairs(lang: str, seed: int) -> dict[str, str]:
             if e.msgid_plural is not None:
                 numbers = [int(v) for v in values.values() if v.isdigit()]
                 n = numbers[0] if numbers else 1
+                # The fills come from the singular msgid (same placeholder names as the plural), so
+                # the number in the English and the plural form picked for the translation agree.
                 en_src = e.msgid if n == 1 else e.msgid_plural
-                values = dict(placeholder_values(en_src, seed)) if n != 1 else values
-                # The count must be the same number in both languages: refill from the plural msgid.
                 tr_src = e.msgstr.get(int(plural(n)), "")
             if not tr_src.strip():
                 continue
