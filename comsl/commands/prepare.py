@@ -31,18 +31,21 @@ def register(sub) -> None:
     c.add_argument("--workers", type=int, default=2, help="validation processes (default 2)")
     c.set_defaults(func=run_covost2)
 
+    from comsl.data.mini import MiniConfig
+
+    d = MiniConfig(out="")
     m = kinds.add_parser("mini", help="build the offline mini corpus (espeak-ng speech, Django translations)")
     m.add_argument("--out", required=True, help="output directory (Common Voice + CoVoST 2 layout)")
     m.add_argument("--langs", default=None, help="comma-separated CoVoST codes (default: all with a voice)")
-    m.add_argument("--per-lang", type=int, default=None, help="sentences per language (default: see mini.py)")
+    m.add_argument("--per-lang", type=int, default=None, help=f"sentences per language (default {d.per_lang})")
     m.add_argument("--seed", type=int, default=0, help="seed for sampling and the split")
-    m.add_argument("--espeak-speed", type=int, default=None, help="espeak-ng words per minute")
-    m.add_argument("--espeak-gap", type=int, default=None, help="espeak-ng word gap (units of 10 ms)")
+    m.add_argument("--espeak-speed", type=int, default=None, help=f"espeak-ng words per minute (default {d.espeak_speed})")
+    m.add_argument("--espeak-gap", type=int, default=None, help=f"espeak-ng word gap in units of 10 ms (default {d.espeak_gap})")
     m.add_argument("--workers", type=int, default=2, help="synthesis processes (default 2)")
     m.add_argument("--tokenizer-vocab", type=int, default=None,
-                   help="also train a sentencepiece tokenizer of this size into <out>/tokenizer")
+                   help=f"sentencepiece size of <out>/tokenizer (default {d.tokenizer_vocab}; 0 = none)")
     m.add_argument("--extra-per-lang", type=int, default=None,
-                   help="extra clips per language only in validated.tsv (for 'prepare pseudo')")
+                   help="extra clips per language only in validated.tsv, for 'prepare pseudo' (default 0)")
     m.set_defaults(func=run_mini)
 
     s = kinds.add_parser("pseudo", help="translate transcripts of extra Common Voice clips with an MT model "
