@@ -1,0 +1,98 @@
+"""DeepSpeed ZeRO one-process runs and a two-process torchrun (gloo) run on the tiny task."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from comsl.config import OptimConfig, TrainConfig
+from comsl.training.engine import deepspeed_config
+from comsl.training.logging import read_metrics
+
+from .test_trainer import assert_same_run, fit, losses, params
+from .tiny_task import clean_env
+
+SCRIPT = Path(__file__).with_name("tiny_task.py")
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "deepspeed"
+
+
+def run_script(out: Path, *args: str, torchrun: bool = False) -> dict:
+    cmd = [sys.executable, str(SCRIPT), "--out", str(out), *args]
+    if torchrun:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               "--standalone", str(SCRIPT), "--out", str(out), *args]
+    proc = subprocess.run(cmd, env=clean_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
+
+
+def test_exact_resume_under_zero2_in_a_fresh_process(tmp_path):
+    straight, _ = fit(tmp_path / "a", max_steps=8, engine="deepspeed", zero_stage=2)
+    fit(tmp_path / "b", max_steps=8, stop_after=4, engine="deepspeed", zero_stage=2)
+    assert run_script(tmp_path / "b", "--record", "--engine", "deepspeed", "--zero-stage", "2") == {
+        "step": 8, "resumed_from": 4}
+    assert_same_run(tmp_path / "a", tmp_path / "b", params(straight.task.model))
+    assert (tmp_path / "b" / "checkpoints" / "step_8" / "deepspeed").is_dir()
+
+
+@pytest.mark.parametrize("stage", [1, 3])
+def test_zero_stage_trains_checkpoints_and_resumes(tmp_path, stage):
+    cfg = tmp_path / "ds.json"
+    # Partition every parameter of the tiny model under ZeRO-3 (the default threshold keeps them whole).
+    cfg.write_text(json.dumps({"zero_optimization": {"stage": stage, "stage3_param_persistence_threshold": 0}}))
+    kw = dict(max_steps=4, save_every=2, engine="deepspeed", deepspeed_config=str(cfg))
+    straight, _ = fit(tmp_path / "a", **kw)
+    _, half = fit(tmp_path / "b", stop_after=2, **kw)
+    _, rest = fit(tmp_path / "b", **kw)
+    assert (half.step, rest.resumed_from, rest.step) == (2, 2, 4)
+    assert losses(tmp_path / "a") == losses(tmp_path / "b")
+    from .tiny_task import TinyModel
+    exported = TinyModel.from_pretrained(str(tmp_path / "b" / "final"))
+    ref = TinyModel.from_pretrained(str(tmp_path / "a" / "final"))
+    for k, v in exported.state_dict().items():
+        assert torch.equal(v, ref.state_dict()[k]), k
+    assert exported.speech[0].weight.shape == (16, 8)
+
+
+def test_two_process_ddp_trains_checkpoints_and_resumes(tmp_path):
+    out = tmp_path / "ddp"
+    assert run_script(out, "--stop-after", "4", "--record", torchrun=True) == {"step": 4, "resumed_from": None}
+    ckpt4 = out / "checkpoints" / "step_4"
+    assert (ckpt4 / "rank_0.pt").is_file() and (ckpt4 / "rank_1.pt").is_file()
+    assert run_script(out, "--record", torchrun=True) == {"step": 8, "resumed_from": 4}
+    records = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in records] == list(range(1, 9))
+    assert all(r["loss/total"] > 0 for r in records)
+    ids = [json.loads(line)["ids"] for line in (out / "batches_rank0.jsonl").read_text().splitlines()]
+    ids1 = [json.loads(line)["ids"] for line in (out / "batches_rank1.jsonl").read_text().splitlines()]
+    assert len(ids) == len(ids1) == 8
+    # The two ranks see different batches of the same steps.
+    assert ids[0] != ids1[0]
+    assert (out / "final" / "model.safetensors").is_file()
+
+
+def test_deepspeed_config_is_filled_from_ours():
+    train = TrainConfig(engine="deepspeed", deepspeed_config=str(CONFIGS / "zero2_offload.json"),
+                        grad_accum=4, precision="bf16", zero_stage=3)
+    cfg = deepspeed_config(train, OptimConfig(max_grad_norm=0.5))
+    assert cfg["train_micro_batch_size_per_gpu"] == 1 and cfg["gradient_accumulation_steps"] == 4
+    assert cfg["bf16"] == {"enabled": True} and cfg["fp16"]["enabled"] is False
+    assert cfg["zero_optimization"]["stage"] == 3 and cfg["gradient_clipping"] == 0.5
+    assert cfg["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    assert "optimizer" not in cfg and "train_batch_size" not in cfg
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.json")), ids=lambda p: p.name)
+def test_shipped_deepspeed_configs_are_valid(path):
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    train = TrainConfig(engine="deepspeed", deepspeed_config=str(path))
+    cfg = deepspeed_config(train, OptimConfig())
+    parsed = DeepSpeedConfig(cfg)
+    assert parsed.zero_optimization_stage == int(path.stem[4])
