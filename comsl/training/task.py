@@ -12,9 +12,10 @@ Contract the pieces must satisfy (the trainer relies on nothing else):
   It may be an ``nn.Module`` (e.g. holding the frozen teacher): the engine moves it to the device.
 - ``dataset[i]`` -> one example; ``collate_fn(list_of_examples) -> batch`` (dict of tensors/lists).
 - ``sampler``: iterable of index lists (one list per micro-batch, already sharded for this rank);
-  ``set_epoch(e)`` restarts it at the beginning of epoch ``e`` with an order that depends only on
-  (seed, epoch). Optional ``state_dict()/load_state_dict()`` for its own settings: the trainer
-  restores the *position* itself (``set_epoch`` then skipping the batches already consumed).
+  after ``set_epoch(e)`` with a new ``e`` a full iteration yields epoch ``e`` from its start, in an
+  order that depends only on (seed, epoch). The trainer restores the position itself (``set_epoch``,
+  then skipping the batches already consumed) and never calls the sampler's ``load_state_dict``.
+- ``collate_fn`` may return None (every utterance of the batch failed to decode): the batch is skipped.
 - ``evaluate_fn(model) -> {"bleu": {lang: float}, "avg": float}``: called on every rank (ZeRO-3
   needs them all) under ``torch.no_grad`` in eval mode; rank 0's result is logged.
 """

@@ -88,6 +88,7 @@ class Trainer:
         self.batch_in_epoch = 0
         self.nonfinite_consecutive = 0
         self.nonfinite_total = 0
+        self.empty_batches = 0
         self.best: list[dict[str, float]] = []
         self.last_dev: float | None = None
         self.engine: Engine | None = None
@@ -123,7 +124,11 @@ class Trainer:
     # ------------------------------------------------------------------ data
 
     def _batches(self) -> Iterator[tuple[int, Any]]:
-        """Endless ``(n_utterances, batch)``; the order depends only on (seed, epoch) and position."""
+        """Endless ``(n_utterances, batch)``; the order depends only on (seed, epoch) and position.
+
+        The position is ours: ``set_epoch`` then skip the batches already consumed (the sampler's own
+        ``load_state_dict`` is never called, so prefetching workers cannot make it run ahead).
+        """
         sampler = self.task.sampler
         fetch = _Fetch(self.task.dataset, self.task.collate_fn)
         while True:
@@ -142,9 +147,14 @@ class Trainer:
                 items: Any = iter(loader)
             else:
                 items = map(fetch, remaining)
-            for item in items:
+            for n, batch in items:
                 self.batch_in_epoch += 1
-                yield item
+                if batch is None:
+                    # Every utterance of the batch failed to decode (the dataset counts and limits those).
+                    self.empty_batches += 1
+                    log.warning("epoch %d batch %d: no decodable utterance, skipped", self.epoch, self.batch_in_epoch)
+                    continue
+                yield n, batch
             self.epoch += 1
             self.batch_in_epoch = 0
 
@@ -170,8 +180,6 @@ class Trainer:
         e.barrier()
         e.save(tmp)
         rank_state = {"rng": ckpt.rng_state(), **e.extra_state()}
-        if hasattr(self.task.sampler, "state_dict"):
-            rank_state["sampler"] = self.task.sampler.state_dict()
         torch.save(rank_state, tmp / f"rank_{e.rank}.pt")
         if e.is_main:
             ckpt.write_common_files(tmp, trainer_state=self._trainer_state(),
@@ -225,8 +233,6 @@ class Trainer:
         else:
             ckpt.set_rng_state(rank_state["rng"])
             e.load_extra_state(rank_state)
-            if "sampler" in rank_state and hasattr(self.task.sampler, "load_state_dict"):
-                self.task.sampler.load_state_dict(rank_state["sampler"])
         if e.is_main:
             log.info("resumed from %s (epoch %d, batch %d of the epoch)", d, self.epoch, self.batch_in_epoch)
         return step
