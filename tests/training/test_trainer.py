@@ -192,3 +192,12 @@ def test_structural_mismatch_is_refused_with_the_differences(tmp_path):
     msg = str(err.value)
     assert "speech.0.weight: checkpoint shape (16, 8) vs model shape (12, 8)" in msg
     assert "does not match the model" in msg
+
+
+def test_batch_that_failed_to_decode_is_skipped(tmp_path):
+    task = make_task()
+    inner = task.collate_fn
+    task.collate_fn = lambda items: None if any(e["id"] == "utt0" for e in items) else inner(items)
+    trainer, res = fit(tmp_path / "run", task=task, max_steps=12)
+    assert res.finished and trainer.empty_batches == 1
+    assert [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == list(range(1, 13))
