@@ -132,6 +132,13 @@ class DataConfig:
     dev_max_utterances: int = 200
     """Cap on dev utterances per language decoded at each evaluation."""
 
+    train_sample_utterances: int = 0
+    """Also score this many training utterances per language at each evaluation (0 = off): teacher-forced
+    loss can fall while the model ignores the audio; BLEU on seen data shows whether it uses it."""
+
+    eval_max_new_tokens: int = 64
+    """Length cap of the periodic evaluation's decoding."""
+
     num_workers: int = 0
     """Worker processes loading training batches (0 = in the training process)."""
 

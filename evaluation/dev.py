@@ -37,15 +37,7 @@ class DevEvaluator:
         and load its audio. Greedy decoding (beam 1) by default: dev BLEU is for tracking, not reporting."""
         from comsl.data.audio import load_audio
 
-        utts = read_utterances(manifest, langs)
-        if per_language is not None:
-            seen: dict[str, int] = {}
-            kept = []
-            for u in utts:
-                if seen.get(u.src_lang, 0) < per_language:
-                    seen[u.src_lang] = seen.get(u.src_lang, 0) + 1
-                    kept.append(u)
-            utts = kept
+        utts = _first_per_language(read_utterances(manifest, langs), per_language)
         return cls(utts, [load_audio(u.audio) for u in utts], tokenizer, config or DecodeConfig(beam=1))
 
     def __call__(self, model) -> dict:
@@ -58,3 +50,62 @@ class DevEvaluator:
             by_lang_r.setdefault(u.src_lang, []).append(u.reference(self.config.task))
         scores = score_languages(by_lang_h, by_lang_r, self.config.task)
         return {"bleu": scores.bleu, "chrf": scores.chrf, "avg": scores.groups["Avg"], "groups": scores.groups}
+
+
+class TextDevEvaluator:
+    """Dev BLEU of the MT task (stage 1): transcript -> English with ``generate_text``, scored like
+    ``DevEvaluator``. Construction does no I/O; use ``from_manifest``."""
+
+    def __init__(self, utts: Sequence[Utterance], tokenizer, config: DecodeConfig):
+        self.utts = list(utts)
+        self.tokenizer = tokenizer
+        self.config = replace(config, device=None, task="st")
+        self.config.validate()
+
+    @classmethod
+    def from_manifest(
+        cls, manifest: str | os.PathLike, tokenizer, config: DecodeConfig | None = None,
+        langs: Iterable[str] | None = None, per_language: int | None = None,
+    ) -> "TextDevEvaluator":
+        return cls(_first_per_language(read_utterances(manifest, langs), per_language), tokenizer,
+                   config or DecodeConfig(beam=1))
+
+    def __call__(self, model) -> dict:
+        import torch
+
+        from comsl.data.batching import pad_ids
+        from comsl.data.tokenizer import encode, lang_id
+
+        device = next(model.parameters()).device
+        en = lang_id(self.tokenizer, "en")
+        order = sorted(range(len(self.utts)), key=lambda i: -len(self.utts[i].transcript))
+        hyps = [""] * len(self.utts)
+        for start in range(0, len(order), self.config.max_batch_size):
+            idx = order[start: start + self.config.max_batch_size]
+            ids, mask = pad_ids([encode(self.tokenizer, self.utts[i].transcript, self.utts[i].src_lang) for i in idx],
+                                self.tokenizer.pad_token_id)
+            out = model.generate_text(ids.to(device), mask.to(device), en, num_beams=self.config.beam,
+                                      max_new_tokens=self.config.max_new_tokens,
+                                      length_penalty=self.config.length_penalty)
+            for i, text in zip(idx, self.tokenizer.batch_decode(out, skip_special_tokens=True)):
+                hyps[i] = " ".join(text.split())
+        by_lang_h: dict[str, list[str]] = {}
+        by_lang_r: dict[str, list[str]] = {}
+        for u, h in zip(self.utts, hyps):
+            by_lang_h.setdefault(u.src_lang, []).append(h)
+            by_lang_r.setdefault(u.src_lang, []).append(u.translation)
+        scores = score_languages(by_lang_h, by_lang_r, "st")
+        return {"bleu": scores.bleu, "chrf": scores.chrf, "avg": scores.groups["Avg"], "groups": scores.groups}
+
+
+def _first_per_language(utts: Sequence[Utterance], per_language: int | None) -> list[Utterance]:
+    """The first ``per_language`` utterances of each language, in manifest order (all when None)."""
+    if per_language is None:
+        return list(utts)
+    seen: dict[str, int] = {}
+    kept = []
+    for u in utts:
+        if seen.get(u.src_lang, 0) < per_language:
+            seen[u.src_lang] = seen.get(u.src_lang, 0) + 1
+            kept.append(u)
+    return kept

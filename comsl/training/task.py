@@ -27,8 +27,20 @@ from typing import Any, Callable, Sequence
 
 from torch import nn
 
-from comsl.config import ExperimentConfig
-from comsl.errors import ComSLError
+from comsl.config import ExperimentConfig, ObjectiveConfig
+from comsl.data.batching import Collator, LengthBucketSampler
+from comsl.data.covost2 import read_manifest
+from comsl.data.dataset import SpeechDataset, TextPairDataset
+from comsl.data.features import build_frontend
+from comsl.data.tokenizer import load_tokenizer
+from comsl.errors import ConfigError, DataError
+from comsl.languages import parse_langs
+from comsl.models import ComSLModel
+from comsl.models.build import build_model
+from comsl.objectives import ComSLMultiTaskLoss
+from comsl.training.checkpoint import seed_everything
+from comsl.training.engine import dist_info
+from evaluation.checkpoint import resolve_checkpoint
 
 
 @dataclass(kw_only=True)
@@ -57,14 +69,116 @@ class TrainTask:
     """Saved with every exported model (``save_pretrained``) when given."""
 
 
-def build_task(cfg: ExperimentConfig) -> TrainTask:
-    """Build the ComSL (``train.stage=comsl``) or MT pre-finetune (``train.stage=mt``) task.
+def resolve_tokenizer_dir(cfg: ExperimentConfig) -> str:
+    """Where the tokenizer comes from: ``model.tokenizer``, else the stage-1 model (``train.init_from``),
+    else the pretrained text model. Raises ConfigError when none is set."""
+    for candidate in (cfg.model.tokenizer, cfg.train.init_from, cfg.model.text_pretrained):
+        if candidate:
+            return candidate
+    raise ConfigError("model.tokenizer: required when neither train.init_from nor model.text_pretrained "
+                      "names a directory holding a tokenizer")
 
-    Still to be finished by the lead once ``comsl.models``, ``comsl.objectives`` and
-    ``comsl.data.batching`` exist: build/initialise the model (``train.init_from``), the teacher
-    (``train.teacher``), the multi-task loss, the manifest dataset, the length-bucketed sampler sharded
-    with :func:`comsl.training.engine.dist_info`, the collator and the dev evaluator.
-    """
-    raise ComSLError(
-        "comsl train: the ComSL task glue (comsl.training.task.build_task) is not finished yet: "
-        "it needs comsl.models, comsl.objectives and comsl.data.batching")
+
+def stage_objectives(cfg: ExperimentConfig) -> ObjectiveConfig:
+    """Stage 1 (``mt``) is plain fine-tuning of the text model on transcript -> translation (paper §3.4);
+    stage 2 (``comsl``) uses ``cfg.objectives`` as written."""
+    if cfg.train.stage == "mt":
+        return ObjectiveConfig(w_asr=0.0, w_st=0.0, w_mt=1.0, w_cml=0.0, lambda_mt=0.0,
+                               label_smoothing=cfg.objectives.label_smoothing)
+    return cfg.objectives
+
+
+def load_language_blocks(model: ComSLModel, directory: str) -> None:
+    """Initialise the text encoder-decoder from an exported (stage-1) ComSL model, strictly; the speech
+    blocks keep what ``model.speech_pretrained`` gave them. Raises CheckpointError on any mismatch."""
+    from comsl.models.build import load_part, read_state_dict
+
+    path = resolve_checkpoint(directory)
+    state = {k: v for k, v in read_state_dict(path).items() if k.startswith("text_model.")}
+    tied = set(getattr(model.text_model, "all_tied_weights_keys", {}) or {})
+    load_part(model.text_model, state, "language blocks", str(path), tied)
+    model.text_model.tie_weights()
+
+
+def build_task(cfg: ExperimentConfig) -> TrainTask:
+    """Build the ComSL (``train.stage=comsl``) or MT pre-finetune (``train.stage=mt``) task:
+    tokenizer -> model (+ stage-1 language blocks) -> teacher -> loss -> data -> dev evaluation."""
+    seed_everything(cfg.train.seed)
+    rank, world_size, _ = dist_info()
+    tokenizer = load_tokenizer(resolve_tokenizer_dir(cfg))
+    objectives = stage_objectives(cfg)
+    speech = cfg.train.stage == "comsl"
+
+    model = build_model(cfg.model, tokenizer, ctc_head=objectives.w_ctc > 0, match_head=objectives.w_match > 0)
+    if cfg.train.init_from:
+        load_language_blocks(model, cfg.train.init_from)
+    teacher = None
+    if speech and objectives.w_mt > 0 and objectives.lambda_mt > 0:
+        if not cfg.train.teacher:
+            raise ConfigError("train.teacher: the frozen MT teacher (stage-1 model directory) is required when "
+                              "objectives.w_mt > 0 and objectives.lambda_mt > 0")
+        teacher = ComSLModel.from_pretrained(resolve_checkpoint(cfg.train.teacher))
+    loss = ComSLMultiTaskLoss(objectives, mask_token_id=tokenizer.mask_token_id, eos_token_id=tokenizer.eos_token_id,
+                              pad_token_id=tokenizer.pad_token_id, teacher=teacher)
+
+    entries = _manifest_entries(cfg.data.train_manifest, cfg.data.langs)
+    max_text = model.config.text_config.max_position_embeddings - 2
+    if speech:
+        dataset = SpeechDataset(entries, tokenizer, cache=cfg.data.cache_audio,
+                                max_fail_fraction=cfg.data.max_fail_fraction)
+        dataset.drop_long_text(max_text)
+        audio_lengths = dataset.audio_lengths()
+        frontend = build_frontend(model.config.speech_frontend, n_mels=model.config.num_mel_bins or 80)
+    else:
+        dataset = TextPairDataset(entries, tokenizer)
+        dataset.drop_long_text(max_text)
+        audio_lengths, frontend = None, None
+    sampler = LengthBucketSampler(dataset.token_lengths(), audio_lengths, max_tokens=cfg.data.max_tokens_per_batch,
+                                  max_frames=cfg.data.max_frames_per_batch, seed=cfg.train.seed, rank=rank,
+                                  world_size=world_size)
+    return TrainTask(model=model, loss_fn=loss, dataset=dataset, sampler=sampler,
+                     collate_fn=Collator(tokenizer.pad_token_id, frontend),
+                     evaluate_fn=_evaluator(cfg, tokenizer, speech), tokenizer=tokenizer)
+
+
+def _manifest_entries(path: str, langs: list[str]) -> list[dict]:
+    """Manifest rows, restricted to ``langs`` (CoVoST codes) when given. Raises DataError when a requested
+    language has no rows, or nothing is left."""
+    entries = read_manifest(path)
+    if langs:
+        wanted = parse_langs(langs)
+        present = {e["src_lang"] for e in entries}
+        missing = [lang for lang in wanted if lang not in present]
+        if missing:
+            raise DataError(f"{path}: no utterances for data.langs {', '.join(missing)} "
+                            f"(the manifest has {', '.join(sorted(present))})")
+        entries = [e for e in entries if e["src_lang"] in wanted]
+    if not entries:
+        raise DataError(f"{path}: no utterances to train on")
+    return entries
+
+
+def _evaluator(cfg: ExperimentConfig, tokenizer, speech: bool):
+    """Periodic dev BLEU (greedy or ``train.eval_beam``), plus BLEU on a fixed sample of training
+    utterances (``data.train_sample_utterances``) to see whether the model uses its input at all."""
+    from evaluation.decode import DecodeConfig
+    from evaluation.dev import DevEvaluator, TextDevEvaluator
+
+    if not cfg.data.dev_manifest:
+        return None
+    decode = DecodeConfig(beam=cfg.train.eval_beam, max_new_tokens=cfg.data.eval_max_new_tokens)
+    kind = DevEvaluator if speech else TextDevEvaluator
+    langs = cfg.data.langs or None
+    dev = kind.from_manifest(cfg.data.dev_manifest, tokenizer, decode, langs, cfg.data.dev_max_utterances)
+    sample = None
+    if cfg.data.train_sample_utterances:
+        sample = kind.from_manifest(cfg.data.train_manifest, tokenizer, decode, langs,
+                                    cfg.data.train_sample_utterances)
+
+    def evaluate(model) -> dict:
+        result = dev(model)
+        if sample is not None:
+            result["extra"] = {"train_sample/bleu_avg": sample(model)["avg"]}
+        return result
+
+    return evaluate

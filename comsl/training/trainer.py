@@ -255,6 +255,8 @@ class Trainer:
         for lang, value in sorted(result.get("bleu", {}).items()):
             record[f"dev/bleu/{lang}"] = float(value)
         record["dev/bleu_avg"] = avg
+        for key, value in result.get("extra", {}).items():
+            record[key] = float(value)
         logger.write(record)
         self.last_dev = avg
         if not self.best or avg > max(b["bleu_avg"] for b in self.best):
