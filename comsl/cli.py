@@ -22,6 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="comsl", description="Composite speech-language models for speech translation."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    # The deepspeed launcher puts --local_rank=N before the subcommand; the rank is read from the environment.
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"comsl.commands.{name}").register(sub)
