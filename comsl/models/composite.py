@@ -24,6 +24,7 @@ from transformers.configuration_utils import SubConfigSpec
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 
 from comsl.languages import TARGET_CODE
+from comsl.models.beam_search import beam_search, unsupported_settings
 from comsl.models.length_adapter import LengthAdapter
 from comsl.models.speech_encoders import SPEECH_ENCODERS, build_speech_encoder
 from comsl.models.text_models import build_text_model
@@ -272,9 +273,20 @@ class ComSLModel(PreTrainedModel):
         return Seq2SeqLMOutput(loss=loss, logits=logits, encoder_last_hidden_state=enc.last_hidden_state)
 
     def _generate(self, encoder_hidden, encoder_mask, tgt_lang_id: int, num_beams: int,
-                  max_new_tokens: int, length_penalty: float, **kwargs) -> torch.Tensor:
+                  max_new_tokens: int, length_penalty: float, use_hf_generate: bool = False,
+                  **kwargs) -> torch.Tensor:
         tc = self.config.text_config
         start = tc.decoder_start_token_id if tc.decoder_start_token_id is not None else tc.eos_token_id
+        gen_cfg = self.text_model.generation_config
+        # --- beam search: comsl's (same tokens, faster) unless asked for, or settings it does not reproduce
+        if not use_hf_generate and not kwargs and not unsupported_settings(gen_cfg):
+            return beam_search(
+                self.text_model, encoder_hidden, encoder_mask, decoder_start_id=start,
+                forced_bos_id=int(tgt_lang_id), eos_id=tc.eos_token_id, pad_id=tc.pad_token_id,
+                forced_eos_id=gen_cfg.forced_eos_token_id, num_beams=num_beams,
+                max_new_tokens=max_new_tokens, length_penalty=length_penalty,
+            )
+        # --- end of comsl beam search
         out = self.text_model.generate(
             encoder_outputs=BaseModelOutput(last_hidden_state=encoder_hidden),
             attention_mask=encoder_mask,
@@ -295,24 +307,26 @@ class ComSLModel(PreTrainedModel):
     @torch.no_grad()
     def generate_speech(self, speech: torch.Tensor, speech_mask: torch.Tensor, src_lang_ids: torch.Tensor,
                         tgt_lang_id: int, num_beams: int = 5, max_new_tokens: int = 128,
-                        length_penalty: float = 1.0, **kwargs) -> torch.Tensor:
+                        length_penalty: float = 1.0, use_hf_generate: bool = False, **kwargs) -> torch.Tensor:
         """Beam search from speech: returns token ids (B, L) starting ``[</s>, tgt_lang, ...]``.
 
-        ``tgt_lang_id`` = ``en_XX`` for ST, the source-language code for ASR.
+        ``tgt_lang_id`` = ``en_XX`` for ST, the source-language code for ASR. Decoding uses
+        ``comsl.models.beam_search`` (token-identical to transformers' ``generate``, faster);
+        ``use_hf_generate=True`` or extra ``generate`` keyword arguments use transformers' ``generate``.
         """
         embeds, mask = self.speech_inputs_embeds(self.encode_speech(speech, speech_mask), src_lang_ids)
         enc = self.encode_embeds(embeds, mask)
         return self._generate(enc.last_hidden_state, mask, tgt_lang_id, num_beams, max_new_tokens,
-                              length_penalty, **kwargs)
+                              length_penalty, use_hf_generate, **kwargs)
 
     @torch.no_grad()
     def generate_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, tgt_lang_id: int,
                       num_beams: int = 5, max_new_tokens: int = 128, length_penalty: float = 1.0,
-                      **kwargs) -> torch.Tensor:
-        """Beam search from text ``[src_lang, x.., </s>]`` (B, L) (MT)."""
+                      use_hf_generate: bool = False, **kwargs) -> torch.Tensor:
+        """Beam search from text ``[src_lang, x.., </s>]`` (B, L) (MT); decoder as in ``generate_speech``."""
         enc = self.encode_text(input_ids, attention_mask)
         return self._generate(enc.last_hidden_state, attention_mask, tgt_lang_id, num_beams,
-                              max_new_tokens, length_penalty, **kwargs)
+                              max_new_tokens, length_penalty, use_hf_generate, **kwargs)
 
 
 AutoConfig.register("comsl", ComSLConfig)

@@ -1,0 +1,144 @@
+"""Shared pieces of the benchmarks: the benchmark model, a CoVoST-like synthetic corpus, batches, timing.
+
+The model is small but not tiny, shaped so the speech encoder dominates a training step as it does at
+paper scale: Whisper encoder d_model 256, 4 layers; mBART d_model 256, 3+3 layers, vocabulary 8192.
+Weights are random; features are random log-mel frames (no audio decoding), so only the shapes matter.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers import MBartConfig, WhisperConfig
+
+from comsl.config import ObjectiveConfig
+from comsl.models.composite import ComSLConfig, ComSLModel
+from comsl.objectives.multitask import ComSLMultiTaskLoss
+
+BOS, PAD, EOS = 0, 1, 2
+LANG_IDS = list(range(4, 56))  # language-code tokens
+FIRST_WORD = 60
+N_MELS = 80
+
+
+def bench_model(*, vocab: int = 8192, d_speech: int = 256, speech_layers: int = 4, d_text: int = 256,
+                text_layers: int = 3, max_speech_seconds: float = 30.0, seed: int = 0) -> ComSLModel:
+    """The benchmark composite (random init). ``max_speech_seconds=30`` gives Whisper its full 1500
+    positions, so one model serves every contender (ours slices the positional table to the batch)."""
+    torch.manual_seed(seed)
+    speech = WhisperConfig(d_model=d_speech, encoder_layers=speech_layers, encoder_attention_heads=d_speech // 64,
+                           encoder_ffn_dim=4 * d_speech, decoder_layers=1, decoder_attention_heads=d_speech // 64,
+                           decoder_ffn_dim=4 * d_speech, num_mel_bins=N_MELS,
+                           max_source_positions=int(max_speech_seconds * 50), vocab_size=64)
+    text = MBartConfig(vocab_size=vocab, d_model=d_text, encoder_layers=text_layers, decoder_layers=text_layers,
+                       encoder_attention_heads=d_text // 64, decoder_attention_heads=d_text // 64,
+                       encoder_ffn_dim=4 * d_text, decoder_ffn_dim=4 * d_text, max_position_embeddings=1024,
+                       pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS, decoder_start_token_id=EOS,
+                       scale_embedding=True)
+    cfg = ComSLConfig(speech_config=speech, text_config=text, max_speech_seconds=max_speech_seconds)
+    return ComSLModel(cfg)
+
+
+def comsl_loss(model: ComSLModel, objectives: ObjectiveConfig | None = None) -> ComSLMultiTaskLoss:
+    """The full ComSL loss (paper weights) with a frozen copy of ``model`` as the MT teacher."""
+    cfg = objectives or ObjectiveConfig()
+    teacher = copy.deepcopy(model) if cfg.w_mt > 0 and cfg.lambda_mt > 0 else None
+    return ComSLMultiTaskLoss(cfg, mask_token_id=model.config.text_config.vocab_size - 1, eos_token_id=EOS,
+                              pad_token_id=PAD, teacher=teacher)
+
+
+@dataclass
+class Corpus:
+    """Synthetic utterances: durations (s) and token lengths of transcript / translation."""
+
+    seconds: np.ndarray
+    transcript_len: np.ndarray
+    translation_len: np.ndarray
+
+    @property
+    def frames(self) -> np.ndarray:
+        """Log-mel frames (10 ms) per utterance."""
+        return np.round(self.seconds * 100).astype(np.int64)
+
+
+def covost_like(n: int, seed: int = 0, max_seconds: float = 11.0) -> Corpus:
+    """CoVoST-2-like lengths: lognormal durations, mean ~5 s, clipped to [1, 11] s; about 3 subword
+    tokens per second of speech in both texts (+ language code and </s>)."""
+    rng = np.random.default_rng(seed)
+    sigma = 0.45
+    seconds = np.clip(rng.lognormal(np.log(5.0) - sigma**2 / 2, sigma, n), 1.0, max_seconds)
+    tr = np.maximum(2, np.round(seconds * 3.0 + rng.normal(0, 2, n))).astype(np.int64) + 2
+    tl = np.maximum(2, np.round(seconds * 2.7 + rng.normal(0, 2, n))).astype(np.int64) + 2
+    return Corpus(seconds, tr, tl)
+
+
+def make_batch(corpus: Corpus, idx: list[int], vocab: int, *, pad_frames: int | None = None,
+               seed: int = 0) -> dict:
+    """The collator's batch dict for utterances ``idx`` with random log-mel features.
+
+    ``pad_frames=None``: padded to the longest utterance, with a real mask (ours). Otherwise every
+    utterance is padded to ``pad_frames`` and the mask is all ones (the reference code has no masks).
+    """
+    g = torch.Generator().manual_seed(seed)
+    frames = corpus.frames[idx]
+    width = int(frames.max()) if pad_frames is None else pad_frames
+    speech = torch.randn(len(idx), N_MELS, width, generator=g)
+    if pad_frames is None:
+        mask = (torch.arange(width)[None, :] < torch.as_tensor(frames)[:, None]).long()
+        speech = speech * mask[:, None, :]
+    else:
+        mask = torch.ones(len(idx), width, dtype=torch.long)
+    langs = torch.as_tensor([LANG_IDS[(i * 7) % 20] for i in idx])
+
+    def text(lengths, first):
+        ids = torch.full((len(idx), int(lengths.max())), PAD, dtype=torch.long)
+        m = torch.zeros_like(ids)
+        for r, n in enumerate(lengths):
+            ids[r, 0] = first[r]
+            ids[r, 1:n - 1] = torch.randint(FIRST_WORD, vocab - 1, (int(n) - 2,), generator=g)
+            ids[r, n - 1] = EOS
+            m[r, :n] = 1
+        return ids, m
+
+    tr_ids, tr_mask = text(corpus.transcript_len[idx], langs)
+    tg_ids, tg_mask = text(corpus.translation_len[idx], torch.full((len(idx),), 5))
+    return {"ids": [str(i) for i in idx], "speech": speech, "speech_mask": mask, "src_lang_ids": langs,
+            "transcript_ids": tr_ids, "transcript_mask": tr_mask,
+            "translation_ids": tg_ids, "translation_mask": tg_mask}
+
+
+def interleaved(contenders: dict[str, list], run) -> dict[str, float]:
+    """Run every contender's work items, always advancing the one with the least time spent so far, so
+    the machine's load falls on all of them alike. ``run(name, item)``; returns seconds per contender."""
+    spent = {name: 0.0 for name in contenders}
+    pos = {name: 0 for name in contenders}
+    while True:
+        left = [n for n in contenders if pos[n] < len(contenders[n])]
+        if not left:
+            return spent
+        name = min(left, key=lambda n: spent[n])
+        t0 = time.perf_counter()
+        run(name, contenders[name][pos[name]])
+        spent[name] += time.perf_counter() - t0
+        pos[name] += 1
+
+
+def peak_rss_probe(step, repeats: int = 2) -> float:
+    """Peak resident memory (MiB) that ``step()`` adds above the process's current resident set:
+    Linux's VmHWM after resetting it (``/proc/self/clear_refs`` = 5), minus VmRSS before."""
+    def status(key):
+        for line in open("/proc/self/status"):
+            if line.startswith(key):
+                return int(line.split()[1]) / 1024
+        raise RuntimeError(f"{key} not in /proc/self/status")
+
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    base = status("VmRSS")
+    for _ in range(repeats):
+        step()
+    return status("VmHWM") - base

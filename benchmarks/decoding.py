@@ -1,0 +1,96 @@
+"""Beam-5 batched decoding: comsl's beam search vs transformers' ``generate``, same model, same inputs.
+
+``python benchmarks/decoding.py [--quick]``. Both decode the same encoder states (the speech blocks and
+text encoder run once, outside the timing) and must return identical token ids (asserted). The model is
+the benchmark composite with random weights made to behave like a trained one: the decoder's final layer
+norm is scaled (confident next-token distributions) and ``</s>`` gets a logit bias, so hypotheses end
+after a varying number of tokens instead of all running to the cap. Runs are interleaved.
+Last line: ``decode_speedup=X`` (generate time / ours).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from transformers.modeling_outputs import BaseModelOutput
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import EOS, PAD, bench_model, covost_like, interleaved, make_batch  # noqa: E402
+
+from comsl.models.beam_search import beam_search  # noqa: E402
+
+
+def make_confident(model, logit_scale: float, eos_bias: float, cross_scale: float) -> None:
+    dec = model.text_model.model.decoder
+    with torch.no_grad():
+        dec.layer_norm.weight.mul_(logit_scale)
+        dec.layer_norm.bias.mul_(logit_scale)
+        for layer in dec.layers:
+            layer.encoder_attn.out_proj.weight.mul_(cross_scale)
+        model.text_model.final_logits_bias[0, EOS] = eos_bias
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="fewer batches and repeats")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--num-beams", type=int, default=5)
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--logit-scale", type=float, default=6.0)
+    p.add_argument("--eos-bias", type=float, default=6.6)
+    p.add_argument("--cross-scale", type=float, default=1.0)
+    args = p.parse_args(argv)
+    n_batches, repeats = (2, 2) if args.quick else (6, 3)
+
+    model = bench_model().eval()
+    make_confident(model, args.logit_scale, args.eos_bias, args.cross_scale)
+    tm, tc = model.text_model, model.config.text_config
+    corpus = covost_like(n_batches * args.batch_size, seed=1)
+    inputs = []
+    with torch.no_grad():
+        for k in range(n_batches):
+            b = make_batch(corpus, list(range(k * args.batch_size, (k + 1) * args.batch_size)), tc.vocab_size, seed=k)
+            embeds, mask = model.speech_inputs_embeds(model.encode_speech(b["speech"], b["speech_mask"]),
+                                                      b["src_lang_ids"])
+            enc = model.encode_embeds(embeds * 4, mask).last_hidden_state
+            inputs.append((enc, mask))
+
+    kw = dict(num_beams=args.num_beams, max_new_tokens=args.max_new_tokens, length_penalty=1.0)
+    outputs: dict[str, list] = {"ours": [], "generate": []}
+
+    def run(name, item):
+        enc, mask = item
+        with torch.no_grad():
+            if name == "ours":
+                out = beam_search(tm, enc, mask, decoder_start_id=EOS, forced_bos_id=5, eos_id=EOS, pad_id=PAD,
+                                  forced_eos_id=tm.generation_config.forced_eos_token_id, **kw)
+            else:
+                out = tm.generate(encoder_outputs=BaseModelOutput(last_hidden_state=enc), attention_mask=mask,
+                                  decoder_start_token_id=EOS, forced_bos_token_id=5, bos_token_id=0,
+                                  eos_token_id=EOS, pad_token_id=PAD, early_stopping=True, do_sample=False, **kw)
+        outputs[name].append(out)
+
+    run("ours", inputs[0])  # warm-up
+    run("generate", inputs[0])
+    outputs = {"ours": [], "generate": []}
+    times = interleaved({"ours": inputs * repeats, "generate": inputs * repeats}, run)
+    for a, b in zip(outputs["ours"], outputs["generate"]):
+        assert a.shape == b.shape and torch.equal(a, b), "beam search outputs differ from generate"
+    lengths = torch.cat([(o != PAD).sum(1) - 1 for o in outputs["ours"][:n_batches]]).tolist()
+    n_sent = n_batches * args.batch_size * repeats
+    print(f"{n_sent} sentences ({n_batches} batches of {args.batch_size} x {repeats} repeats), beam {args.num_beams}, "
+          f"max_new_tokens {args.max_new_tokens}, torch threads {torch.get_num_threads()}")
+    print(f"generated lengths: min {min(lengths)} mean {sum(lengths) / len(lengths):.1f} max {max(lengths)}")
+    print("outputs identical: yes")
+    for name in ("ours", "generate"):
+        print(f"{name:10s} {times[name]:8.2f} s  {n_sent / times[name]:8.2f} sentences/s")
+    speedup = times["generate"] / times["ours"]
+    print(f"decode_speedup={speedup:.2f}")
+    return {"decode_speedup": speedup}
+
+
+if __name__ == "__main__":
+    main()
