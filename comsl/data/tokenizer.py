@@ -6,11 +6,13 @@ mBART-50 codes; they are added as special tokens so all 21 CoVoST 2 source langu
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable
 
 from comsl.errors import DataError
-from comsl.languages import COVOST_TO_MODEL, EXTRA_MODEL_CODES, TARGET_CODE, TARGET_LANG, normalize_lang
+from comsl.languages import (COVOST_TO_MODEL, EXTRA_MODEL_CODES, MODEL_TO_M2M100, MODEL_TO_NLLB, TARGET_CODE,
+                             TARGET_LANG, normalize_lang)
 
 # mBART-50's 52 language codes, in its vocabulary order (the tokenizer appends them after the pieces).
 MBART50_CODES: tuple[str, ...] = (
@@ -31,10 +33,12 @@ def _add_extra_codes(tokenizer):
 
 
 def load_tokenizer(directory: str | os.PathLike):
-    """MBart50TokenizerFast from ``directory`` (holding tokenizer.json or sentencepiece.bpe.model),
-    with ``ca_ES``/``cy_GB`` added when missing. Offline; raises DataError when the directory lacks both.
+    """The tokenizer saved in ``directory``, offline: an MBart50TokenizerFast (tokenizer.json or
+    sentencepiece.bpe.model) with ``ca_ES``/``cy_GB`` added when missing, or, when the directory's
+    tokenizer_config.json names an NLLB or M2M100 tokenizer, that one (it has codes for all 21
+    languages). Raises DataError when the directory holds no tokenizer.
     """
-    from transformers import MBart50TokenizerFast
+    from transformers import AutoTokenizer, MBart50TokenizerFast
 
     directory = os.fspath(directory)
     if not any(os.path.isfile(os.path.join(directory, f)) for f in ("tokenizer.json", SPM_FILE)):
@@ -42,7 +46,14 @@ def load_tokenizer(directory: str | os.PathLike):
             f"{directory}: no tokenizer here (expected tokenizer.json or {SPM_FILE}); "
             "point to a model directory or build one with comsl.data.tokenizer.train_tokenizer"
         )
+    config_path = os.path.join(directory, "tokenizer_config.json")
+    tokenizer_class = ""
+    if os.path.isfile(config_path):
+        with open(config_path, encoding="utf-8") as f:
+            tokenizer_class = str(json.load(f).get("tokenizer_class", ""))
     try:
+        if "Nllb" in tokenizer_class or "M2M100" in tokenizer_class:
+            return AutoTokenizer.from_pretrained(directory)
         tokenizer = MBart50TokenizerFast.from_pretrained(directory)
     except (OSError, ValueError) as err:
         raise DataError(f"{directory}: cannot load the tokenizer ({err})") from err
@@ -84,6 +95,7 @@ def train_tokenizer(texts: Iterable[str], out_dir: str | os.PathLike, vocab_size
 
 def lang_id(tokenizer, code: str) -> int:
     """Token id of a language code: a model code (``fr_XX``) or a CoVoST code (``fr``, ``zh-CN``, ``en``).
+    NLLB (``fra_Latn``) and M2M100 (``__fr__``) vocabularies are recognised and mapped to.
 
     Raises DataError when the tokenizer does not know it.
     """
@@ -94,10 +106,18 @@ def lang_id(tokenizer, code: str) -> int:
             code = COVOST_TO_MODEL[normalize_lang(code)]
         except ValueError as err:
             raise DataError(str(err)) from err
-    idx = tokenizer.convert_tokens_to_ids(code)
-    if idx is None or idx == tokenizer.unk_token_id:
+    for table in (MODEL_TO_NLLB, MODEL_TO_M2M100):
+        if _known(tokenizer, table[TARGET_CODE]):
+            code = table[code]
+            break
+    if not _known(tokenizer, code):
         raise DataError(f"tokenizer has no language code {code!r}; load it with comsl.data.tokenizer.load_tokenizer")
-    return int(idx)
+    return int(tokenizer.convert_tokens_to_ids(code))
+
+
+def _known(tokenizer, token: str) -> bool:
+    idx = tokenizer.convert_tokens_to_ids(token)
+    return idx is not None and idx != tokenizer.unk_token_id
 
 
 def encode(tokenizer, text: str, lang_code: str) -> list[int]:

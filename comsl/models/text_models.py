@@ -1,8 +1,8 @@
 """Language blocks: mBART-style multilingual encoder-decoders (mBART-50, M2M100, NLLB).
 
 The composite holds the transformers ``*ForConditionalGeneration`` model itself, so pretrained
-checkpoints load by name and ``generate`` (beam search) is reused. This file knows what differs
-between the families: config/model classes and how language codes are spelled.
+checkpoints load by name. Language codes of each family are spelled by the tokenizer
+(``comsl.data.tokenizer.lang_id``).
 """
 
 from __future__ import annotations
@@ -16,23 +16,12 @@ from transformers import (
     PreTrainedModel,
 )
 
-from comsl.languages import MODEL_TO_M2M100, MODEL_TO_NLLB
-
 # family -> (config class, model class). NLLB is the M2M100 architecture with another vocabulary.
 TEXT_MODELS: dict[str, tuple[type[PreTrainedConfig], type[PreTrainedModel]]] = {
     "mbart": (MBartConfig, MBartForConditionalGeneration),
     "m2m100": (M2M100Config, M2M100ForConditionalGeneration),
     "nllb": (M2M100Config, M2M100ForConditionalGeneration),
 }
-
-
-def language_token(family: str, code: str) -> str:
-    """Spelling of mBART-50 language code ``code`` (e.g. ``fr_XX``) in ``family``'s vocabulary."""
-    if family == "nllb":
-        return MODEL_TO_NLLB[code]
-    if family == "m2m100":
-        return MODEL_TO_M2M100[code]
-    return code
 
 
 def build_text_model(family: str, config: PreTrainedConfig) -> PreTrainedModel:
