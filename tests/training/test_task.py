@@ -1,0 +1,95 @@
+"""`comsl train` on a real (tiny) CoVoST-layout corpus: stage 1 then stage 2 with every ComSL part."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from comsl.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = [
+    "model.speech_arch={d_model: 32, encoder_layers: 1, encoder_attention_heads: 2, encoder_ffn_dim: 64, "
+    "decoder_layers: 1, decoder_attention_heads: 2, decoder_ffn_dim: 64, num_mel_bins: 80, "
+    "max_source_positions: 550, vocab_size: 64, pad_token_id: 0, bos_token_id: 1, eos_token_id: 2, "
+    "decoder_start_token_id: 1}",
+    "model.text_arch={d_model: 32, encoder_layers: 2, decoder_layers: 1, encoder_attention_heads: 2, "
+    "decoder_attention_heads: 2, encoder_ffn_dim: 64, decoder_ffn_dim: 64, max_position_embeddings: 256}",
+]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    assert main(["prepare", "mini", "--out", str(root / "cv"), "--langs", "fr,es", "--per-lang", "14",
+                 "--tokenizer-vocab", "300"]) == 0
+    assert main(["prepare", "covost2", "--cv-root", str(root / "cv"), "--covost-root", str(root / "cv"),
+                 "--langs", "fr,es", "--out", str(root / "manifests")]) == 0
+    return root
+
+
+def paths(corpus, out):
+    m = corpus / "manifests"
+    return [f"model.tokenizer={corpus / 'cv' / 'tokenizer'}", f"data.train_manifest={m / 'train.tsv'}",
+            f"data.dev_manifest={m / 'dev.tsv'}", f"train.out_dir={out}", "data.dev_max_utterances=4",
+            "data.eval_max_new_tokens=8", "train.log_every=1"]
+
+
+def records(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_stages_log_every_named_part(corpus, tmp_path):
+    mt = tmp_path / "mt"
+    assert main(["train", str(ROOT / "configs/mini_mt.yaml"), *TINY, *paths(corpus, mt), "train.max_steps=4",
+                 "train.eval_every=4", "train.save_every=4"]) == 0
+    assert (mt / "final" / "model.safetensors").is_file() and (mt / "final" / "tokenizer.json").is_file()
+    steps = [r for r in records(mt) if "loss/total" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4] and all("loss/mt" in r for r in steps)
+    assert any("dev/bleu_avg" in r for r in records(mt))
+
+    st = tmp_path / "comsl"
+    assert main(["train", str(ROOT / "configs/mini.yaml"), *TINY, *paths(corpus, st), "train.max_steps=3",
+                 f"train.init_from={mt / 'final'}", f"train.teacher={mt / 'final'}", "objectives.w_ctc=0.1",
+                 "objectives.w_match=0.1", "objectives.erm_layer=2", "train.eval_every=3",
+                 "data.train_sample_utterances=2"]) == 0
+    logged = [r for r in records(st) if "loss/total" in r]
+    assert len(logged) == 3
+    names = {"loss/asr", "loss/st", "loss/mt", "loss/mtp", "loss/stm_src", "loss/stm_tgt", "loss/erm", "loss/cml",
+             "loss/ctc", "loss/match", "loss/total"}
+    for r in logged:
+        assert names <= set(r) and all(math.isfinite(r[k]) for k in names), r
+    evals = [r for r in records(st) if "dev/bleu_avg" in r]
+    assert evals and "train_sample/bleu_avg" in evals[-1] and {"dev/bleu/fr", "dev/bleu/es"} <= set(evals[-1])
+
+
+def test_stage_two_starts_from_stage_one_language_blocks(corpus, tmp_path):
+    import torch
+
+    from comsl.config import load_config
+    from comsl.models import ComSLModel
+    from comsl.training.task import build_task
+
+    mt = tmp_path / "mt"
+    assert main(["train", str(ROOT / "configs/mini_mt.yaml"), *TINY, *paths(corpus, mt), "train.max_steps=2",
+                 "train.eval_every=0"]) == 0
+    cfg = load_config(ROOT / "configs/mini.yaml", [*TINY, *paths(corpus, tmp_path / "st"),
+                                                   f"train.init_from={mt / 'final'}", f"train.teacher={mt / 'final'}"])
+    task = build_task(cfg)
+    stage1 = ComSLModel.from_pretrained(mt / "final").text_model.state_dict()
+    for name, value in task.model.text_model.state_dict().items():
+        assert torch.equal(value, stage1[name]), name
+    assert task.loss_fn.teacher is not None and not any(p.requires_grad for p in task.loss_fn.teacher.parameters())
+
+
+def test_unknown_language_and_missing_init_are_clear(corpus, tmp_path, capsys):
+    out = tmp_path / "x"
+    assert main(["train", str(ROOT / "configs/mini_mt.yaml"), *TINY, *paths(corpus, out), "data.langs=[fr,ta]",
+                 "train.max_steps=1"]) == 2
+    assert "no utterances for data.langs ta" in capsys.readouterr().err
+    assert main(["train", str(ROOT / "configs/mini.yaml"), *TINY, *paths(corpus, out), "train.max_steps=1",
+                 f"train.init_from={tmp_path / 'nowhere'}", f"train.teacher={tmp_path / 'nowhere'}"]) == 2
+    assert "nowhere" in capsys.readouterr().err
