@@ -1,0 +1,96 @@
+"""Multi-task overhead: a full ComSL training step vs an ST-only step on the same batches.
+
+``python benchmarks/multitask.py [--quick]``. Same benchmark composite, same length-bucketed batches
+(CoVoST-like lengths), same AdamW step. Full ComSL = ASR 0.35 + ST 0.35 (DDM, λ=0.8) + MT 0.2
+(regularised by a frozen teacher, λ=0.2) + CML 0.1 (MTP, STM src/tgt, ERM); ST-only = plain speech
+translation cross-entropy (w_st=1, λ_st=0, every other weight 0). Steps are interleaved. A cProfile
+breakdown of one full-ComSL step's forward passes is printed (where the extra cost comes from).
+Last line: ``multitask_overhead=X`` (full time / ST-only time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import copy
+import pstats
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import bench_model, comsl_loss, covost_like, interleaved, make_batch  # noqa: E402
+from train_step import batches_of  # noqa: E402
+
+from comsl.config import ObjectiveConfig  # noqa: E402
+
+ST_ONLY = ObjectiveConfig(w_asr=0.0, w_st=1.0, w_mt=0.0, w_cml=0.0, lambda_st=0.0, lambda_mt=0.0)
+
+# forward functions whose cumulative time the breakdown reports (decode covers every decoder call + LM head)
+PASSES = [("encode_speech", "speech encoder + adapter"), ("encode_embeds", "text encoder passes"),
+          ("decode", "decoder passes + LM head")]
+
+
+def breakdown(model, loss, opt, batch) -> dict[str, float]:
+    """Seconds of one step: forward (and its parts, by cProfile), backward, optimizer."""
+    opt.zero_grad(set_to_none=True)
+    prof = cProfile.Profile()
+    t0 = time.perf_counter()
+    total, _ = prof.runcall(loss, model, batch)
+    t1 = time.perf_counter()
+    total.backward()
+    t2 = time.perf_counter()
+    opt.step()
+    t3 = time.perf_counter()
+    stats = pstats.Stats(prof).stats
+    out = {"forward": t1 - t0}
+    for name, label in PASSES:
+        out[label] = sum(v[3] for (file, _, func), v in stats.items() if func == name and "comsl" in file)
+    out.update({"backward": t2 - t1, "optimizer": t3 - t2, "step": t3 - t0})
+    return out
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="32 utterances instead of 96")
+    args = p.parse_args(argv)
+    n = 32 if args.quick else 96
+    corpus = covost_like(n, seed=2)
+    base = bench_model()
+    vocab = base.config.text_config.vocab_size
+    batches = [make_batch(corpus, b, vocab, seed=k) for k, b in enumerate(batches_of("ours", corpus, seed=2))]
+    setups = {}
+    for name, cfg in (("full", None), ("st_only", ST_ONLY)):
+        model = copy.deepcopy(base).train()
+        opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-4)
+        setups[name] = (model, comsl_loss(model, cfg), opt)
+
+    def step(name, batch):
+        model, loss, opt = setups[name]
+        opt.zero_grad(set_to_none=True)
+        total, _ = loss(model, batch)
+        total.backward()
+        opt.step()
+
+    for name in setups:
+        step(name, batches[0])  # warm-up
+    times = interleaved({"full": batches, "st_only": batches}, step)
+    print(f"{n} utterances in {len(batches)} length-bucketed batches, torch threads {torch.get_num_threads()}")
+    for name in ("full", "st_only"):
+        print(f"{name:8s} {times[name]:8.1f} s  {n / times[name]:6.2f} utt/s")
+
+    mid = max(batches, key=lambda b: b["speech"].numel())
+    print("one step on the largest batch, seconds (forward parts by cProfile, cumulative):")
+    rows = {name: breakdown(*setups[name], mid) for name in ("full", "st_only")}
+    for label in ["step", "forward"] + [lbl for _, lbl in PASSES] + ["backward", "optimizer"]:
+        f, s = rows["full"][label], rows["st_only"][label]
+        print(f"  {label:28s} full {f:7.2f}  st_only {s:7.2f}  ratio {f / s if s else float('inf'):5.2f}")
+    overhead = times["full"] / times["st_only"]
+    print(f"multitask_overhead={overhead:.2f}")
+    return {"multitask_overhead": overhead}
+
+
+if __name__ == "__main__":
+    main()

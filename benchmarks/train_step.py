@@ -1,0 +1,127 @@
+"""Training-step throughput and peak memory: variable-length bucketed batches vs padding to 11 s / 30 s.
+
+``python benchmarks/train_step.py [--quick]``. Same model (benchmark composite: Whisper encoder d256 x 4
+layers, mBART d256 3+3, random init), same full ComSL loss (ASR + ST/DDM + MT/reg with a frozen teacher
++ CML), same AdamW step, same utterances (CoVoST-like lengths, mean ~5 s, max 11 s; random log-mel):
+
+* ``ours``   comsl.data.batching.LengthBucketSampler batches (frame budget = 8 x 11 s), each padded to
+             its longest utterance, with padding masks;
+* ``pad11``  reference-code style: batches of 8 in random order, every utterance padded to 11 s
+             (1100 frames), mask all ones (the reference code has no masks);
+* ``pad30``  transformers' WhisperEncoder style: every utterance padded to 30 s (3000 frames) through
+             our encoder with its full 1500 positions and an all-ones mask (same maths as transformers'
+             ``WhisperEncoder.forward``, which insists on 3000 frames).
+
+Steps are interleaved (always advancing the contender with the least time so far). Peak memory: each
+contender's largest batch runs in a fresh subprocess; reported is the peak resident set during one
+training step above the resident set before it (Linux VmHWM after resetting it), i.e. activations,
+gradients and temporaries of the step. Last line: ``train_speedup_vs_pad11=X train_speedup_vs_pad30=Y``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import bench_model, comsl_loss, covost_like, interleaved, make_batch, peak_rss_probe  # noqa: E402
+
+from comsl.data.batching import FRAME_SAMPLES, LengthBucketSampler  # noqa: E402
+
+BATCH = 8
+PAD_FRAMES = {"pad11": 1100, "pad30": 3000}
+CONTENDERS = ("ours", "pad11", "pad30")
+
+
+def batches_of(name: str, corpus, seed: int = 0) -> list[list[int]]:
+    """Index batches of one contender over the whole corpus (every utterance exactly once)."""
+    n = len(corpus.seconds)
+    if name == "ours":
+        sampler = LengthBucketSampler(corpus.translation_len, corpus.frames * FRAME_SAMPLES,
+                                      max_tokens=10**9, max_frames=BATCH * 1100, seed=seed)
+        return sampler.epoch_batches(0)
+    order = np.random.default_rng(seed).permutation(n).tolist()
+    return [order[i:i + BATCH] for i in range(0, n, BATCH)]
+
+
+class Trainer:
+    """One contender: its own copy of the model, loss (with teacher) and optimizer."""
+
+    def __init__(self, model):
+        self.model = copy.deepcopy(model).train()
+        self.loss = comsl_loss(self.model)
+        self.opt = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=1e-4)
+
+    def step(self, batch: dict) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        total, _ = self.loss(self.model, batch)
+        total.backward()
+        self.opt.step()
+
+
+def probe_memory(name: str, n: int) -> None:
+    """Subprocess entry: peak RSS of one step on ``name``'s largest batch; prints ``peak_mib=X``."""
+    corpus = covost_like(n)
+    vocab = 8192
+    batches = batches_of(name, corpus)
+    frames = lambda b: len(b) * (PAD_FRAMES.get(name) or corpus.frames[b].max())  # noqa: E731
+    largest = max(batches, key=frames)
+    trainer = Trainer(bench_model())
+    batch = make_batch(corpus, largest, vocab, pad_frames=PAD_FRAMES.get(name))
+    trainer.step(batch)  # optimizer state and allocator warm-up belong to the baseline
+    print(f"peak_mib={peak_rss_probe(lambda: trainer.step(batch), repeats=1):.0f} batch={len(largest)}")
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="24 utterances instead of 128")
+    p.add_argument("--utterances", type=int, default=0, help="override the number of utterances")
+    p.add_argument("--probe", choices=CONTENDERS, help=argparse.SUPPRESS)
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    args = p.parse_args(argv)
+    n = args.utterances or (24 if args.quick else 128)
+    if args.probe:
+        probe_memory(args.probe, n)
+        return {}
+
+    corpus = covost_like(n)
+    vocab = 8192
+    base = bench_model()
+    trainers = {name: Trainer(base) for name in CONTENDERS}
+    work = {}
+    for name in CONTENDERS:
+        pad = PAD_FRAMES.get(name)
+        work[name] = [make_batch(corpus, b, vocab, pad_frames=pad, seed=k)
+                      for k, b in enumerate(batches_of(name, corpus))]
+        warm = make_batch(corpus, list(range(2)), vocab, pad_frames=pad)
+        trainers[name].step(warm)  # first-call overheads outside the timing
+    times = interleaved(work, lambda name, batch: trainers[name].step(batch))
+
+    audio = corpus.seconds.sum()
+    print(f"{n} utterances ({audio:.0f} s of speech, mean {corpus.seconds.mean():.1f} s, max "
+          f"{corpus.seconds.max():.1f} s), full ComSL loss, torch threads {torch.get_num_threads()}")
+    memory = {}
+    if not args.no_memory:
+        for name in CONTENDERS:
+            out = subprocess.run([sys.executable, __file__, "--probe", name, "--utterances", str(n)],
+                                 capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+            memory[name] = out
+    print(f"{'contender':10s} {'batches':>8s} {'padded frames':>14s} {'time s':>8s} {'utt/s':>8s}  peak step memory")
+    for name in CONTENDERS:
+        padded = sum(b["speech"].shape[0] * b["speech"].shape[-1] for b in work[name])
+        print(f"{name:10s} {len(work[name]):8d} {padded:14d} {times[name]:8.1f} {n / times[name]:8.2f}  "
+              f"{memory.get(name, '-')}")
+    result = {"train_speedup_vs_pad11": times["pad11"] / times["ours"],
+              "train_speedup_vs_pad30": times["pad30"] / times["ours"]}
+    print(" ".join(f"{k}={v:.2f}" for k, v in result.items()))
+    return result
+
+
+if __name__ == "__main__":
+    main()
