@@ -80,24 +80,29 @@ def _apply_dropout(kind: str, cfg: PreTrainedConfig, p: float) -> None:
             setattr(cfg, name, p)
 
 
+def _backbone_config(config_cls: type[PreTrainedConfig], pretrained: str | None, arch: dict, part: str,
+                     family_field: str, family: str, defaults: dict | None = None) -> PreTrainedConfig:
+    """A backbone config: read from the pretrained directory (then ``arch`` applied on top), or the
+    family's default with ``defaults`` and ``arch``. Raises ConfigError naming the field at fault."""
+    if pretrained:
+        cfg = AutoConfig.from_pretrained(_existing_dir(pretrained, f"model.{part}_pretrained"))
+        if not isinstance(cfg, config_cls):
+            raise ConfigError(f"model.{part}_pretrained: {pretrained} holds a {cfg.model_type!r} model, "
+                              f"but model.{family_field} is {family!r}")
+        for key, value in arch.items():
+            setattr(cfg, key, value)
+        return cfg
+    try:
+        return config_cls(**{**(defaults or {}), **arch})
+    except TypeError as err:
+        raise ConfigError(f"model.{part}_arch: {err}") from err
+
+
 def speech_config_from(model_cfg: ModelConfig) -> PreTrainedConfig:
     """The speech-encoder config: from the pretrained directory, or the family default + ``speech_arch``."""
     kind = model_cfg.speech_encoder
-    config_cls = SPEECH_ENCODERS[kind][0]
-    if model_cfg.speech_pretrained:
-        cfg = AutoConfig.from_pretrained(_existing_dir(model_cfg.speech_pretrained, "model.speech_pretrained"))
-        if not isinstance(cfg, config_cls):
-            raise ConfigError(
-                f"model.speech_pretrained: {model_cfg.speech_pretrained} holds a {cfg.model_type!r} model, "
-                f"but model.speech_encoder is {kind!r}"
-            )
-        for key, value in model_cfg.speech_arch.items():
-            setattr(cfg, key, value)
-    else:
-        try:
-            cfg = config_cls(**model_cfg.speech_arch)
-        except TypeError as err:
-            raise ConfigError(f"model.speech_arch: {err}") from err
+    cfg = _backbone_config(SPEECH_ENCODERS[kind][0], model_cfg.speech_pretrained, model_cfg.speech_arch,
+                           "speech", "speech_encoder", kind)
     _apply_dropout(kind, cfg, model_cfg.speech_dropout)
     return cfg
 
@@ -106,25 +111,11 @@ def text_config_from(model_cfg: ModelConfig, tokenizer) -> PreTrainedConfig:
     """The text-model config: from the pretrained directory, or the family default + ``text_arch`` with
     the tokenizer's vocabulary size and special ids."""
     family = model_cfg.text_model
-    config_cls = TEXT_MODELS[family][0]
-    if model_cfg.text_pretrained:
-        cfg = AutoConfig.from_pretrained(_existing_dir(model_cfg.text_pretrained, "model.text_pretrained"))
-        if not isinstance(cfg, config_cls):
-            raise ConfigError(
-                f"model.text_pretrained: {model_cfg.text_pretrained} holds a {cfg.model_type!r} model, "
-                f"but model.text_model is {family!r}"
-            )
-        for key, value in model_cfg.text_arch.items():
-            setattr(cfg, key, value)
-    else:
-        arch = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+    defaults = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
                     bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                     decoder_start_token_id=tokenizer.eos_token_id, scale_embedding=True)
-        arch.update(model_cfg.text_arch)
-        try:
-            cfg = config_cls(**arch)
-        except TypeError as err:
-            raise ConfigError(f"model.text_arch: {err}") from err
+    cfg = _backbone_config(TEXT_MODELS[family][0], model_cfg.text_pretrained, model_cfg.text_arch, "text",
+                           "text_model", family, defaults)
     cfg.dropout = model_cfg.text_dropout
     cfg.attention_dropout = model_cfg.text_attention_dropout
     return cfg
