@@ -278,7 +278,7 @@ class ComSLModel(PreTrainedModel):
         tc = self.config.text_config
         start = tc.decoder_start_token_id if tc.decoder_start_token_id is not None else tc.eos_token_id
         gen_cfg = self.text_model.generation_config
-        # --- beam search: comsl's (same tokens, faster) unless asked for, or settings it does not reproduce
+        # comsl's beam search (same tokens, faster) unless asked for, or settings it does not reproduce
         if not use_hf_generate and not kwargs and not unsupported_settings(gen_cfg):
             return beam_search(
                 self.text_model, encoder_hidden, encoder_mask, decoder_start_id=start,
@@ -286,7 +286,6 @@ class ComSLModel(PreTrainedModel):
                 forced_eos_id=gen_cfg.forced_eos_token_id, num_beams=num_beams,
                 max_new_tokens=max_new_tokens, length_penalty=length_penalty,
             )
-        # --- end of comsl beam search
         out = self.text_model.generate(
             encoder_outputs=BaseModelOutput(last_hidden_state=encoder_hidden),
             attention_mask=encoder_mask,
