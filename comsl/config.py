@@ -252,6 +252,10 @@ class TrainConfig:
     """Stop this invocation after this many optimizer steps in total (0 = run to max_steps); a checkpoint
     is written and rerunning the same command resumes (for time-limited jobs)."""
 
+    cache_frozen_speech: bool = False
+    """Run each utterance through the speech blocks once and reuse the output (stage 2 with speech blocks
+    frozen for the whole run and no speech dropout; a large saving with a real Whisper on CPUs)."""
+
     checkpoint_export: bool = False
     """Also write a self-contained model directory (``model/``, as ``comsl evaluate`` loads) into every
     checkpoint; doubles checkpoint size. ``final/`` and ``best/`` are always exported."""
@@ -458,6 +462,11 @@ def validate(cfg: Any, source: str = "config") -> None:
         errors.append(f"objectives.erm_layer: must be >= 1, got {o.erm_layer}")
     if not 0.0 <= t.freeze_speech_fraction <= 1.0:
         errors.append(f"train.freeze_speech_fraction: must be in [0, 1], got {t.freeze_speech_fraction}")
+    if t.cache_frozen_speech and t.speech_trainable and t.freeze_speech_fraction < 1.0:
+        errors.append("train.cache_frozen_speech: needs speech blocks frozen for the whole run "
+                      "(train.speech_trainable=false or train.freeze_speech_fraction=1.0)")
+    if t.cache_frozen_speech and cfg.model.speech_dropout > 0:
+        errors.append(f"train.cache_frozen_speech: needs model.speech_dropout=0, got {cfg.model.speech_dropout}")
     if t.max_steps < 1:
         errors.append(f"train.max_steps: must be >= 1, got {t.max_steps}")
     if t.grad_accum < 1:

@@ -37,6 +37,7 @@ from comsl.errors import ConfigError, DataError
 from comsl.languages import parse_langs
 from comsl.models import ComSLModel
 from comsl.models.build import build_model
+from comsl.models.speech_cache import cache_speech_encoder
 from comsl.objectives import ComSLMultiTaskLoss
 from comsl.training.checkpoint import seed_everything
 from comsl.training.engine import dist_info
@@ -112,6 +113,8 @@ def build_task(cfg: ExperimentConfig) -> TrainTask:
     model = build_model(cfg.model, tokenizer, ctc_head=objectives.w_ctc > 0, match_head=objectives.w_match > 0)
     if cfg.train.init_from:
         load_language_blocks(model, cfg.train.init_from)
+    if speech and cfg.train.cache_frozen_speech:
+        cache_speech_encoder(model)
     teacher = None
     if speech and objectives.w_mt > 0 and objectives.lambda_mt > 0:
         if not cfg.train.teacher:
