@@ -1,0 +1,51 @@
+"""Run every benchmark and print one summary line.
+
+``python benchmarks/run_all.py [--quick]``. Each benchmark runs in its own process (its output is shown
+as it comes); the last line of each is ``key=value ...``. The last line printed here is
+``train_speedup_vs_pad11=X train_speedup_vs_pad30=X multitask_overhead=X decode_speedup=X features_speedup=X``.
+Exits non-zero if a benchmark fails (e.g. decoding outputs differ from transformers' generate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BENCHMARKS = ["features", "decoding", "multitask", "train_step", "model_sizes"]
+SUMMARY = ["train_speedup_vs_pad11", "train_speedup_vs_pad30", "multitask_overhead", "decode_speedup",
+           "features_speedup"]
+
+
+def run(name: str, quick: bool) -> dict[str, str]:
+    cmd = [sys.executable, str(HERE / f"{name}.py")] + (["--quick"] if quick else [])
+    print(f"=== {name}: {' '.join(cmd[1:])}", flush=True)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    last = ""
+    for line in proc.stdout:
+        print("  " + line.rstrip(), flush=True)
+        if line.strip():
+            last = line.strip()
+    if proc.wait() != 0:
+        raise SystemExit(f"benchmark {name} failed (exit {proc.returncode}); run {' '.join(cmd)} to see why")
+    print(f"=== {name}: {time.perf_counter() - t0:.0f} s", flush=True)
+    return dict(kv.split("=", 1) for kv in last.split() if "=" in kv)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="pass --quick to every benchmark")
+    p.add_argument("--only", nargs="*", choices=BENCHMARKS, help="run only these")
+    args = p.parse_args()
+    values: dict[str, str] = {}
+    for name in args.only or BENCHMARKS:
+        values.update(run(name, args.quick))
+    print(" ".join(f"{k}={values.get(k, 'n/a')}" for k in SUMMARY))
+
+
+if __name__ == "__main__":
+    main()
