@@ -26,15 +26,17 @@ class SpeechEncoderCache:
 
     def __init__(self, encoder: nn.Module):
         self.encoder = encoder
+        # time is the last axis of log-mel (B, C, T) and waveform (B, S) input, axis 1 of fbank (B, T, 160)
+        self.time_axis = 1 if getattr(encoder, "kind", None) == "w2v_bert" else -1
         self.forward_uncached = encoder.forward
         self.store: dict[bytes, torch.Tensor] = {}
         self.hits = 0
         self.misses = 0
 
-    @staticmethod
-    def key(speech: torch.Tensor, length: int) -> bytes:
-        """Digest of one utterance's real input: speech (C, T) log-mel/fbank or (S,) waveform."""
-        real = speech[..., :length].detach().to("cpu", torch.float32).contiguous()
+    def key(self, speech: torch.Tensor, length: int) -> bytes:
+        """Digest of one utterance's real input: speech (C, T) log-mel, (T, 160) fbank or (S,) waveform."""
+        axis = 0 if self.time_axis == 1 else -1
+        real = speech.narrow(axis, 0, length).detach().to("cpu", torch.float32).contiguous()
         return hashlib.blake2b(real.numpy().tobytes(), digest_size=16).digest() + length.to_bytes(4, "little")
 
     def __call__(self, speech: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,7 +48,8 @@ class SpeechEncoderCache:
         missing = [i for i, k in enumerate(keys) if k not in self.store]
         if missing:
             longest = int(max(lengths[i] for i in missing))
-            sub_hidden, sub_mask = self.forward_uncached(speech[missing][..., :longest], mask[missing][:, :longest])
+            sub = speech[missing].narrow(self.time_axis, 0, longest)
+            sub_hidden, sub_mask = self.forward_uncached(sub, mask[missing][:, :longest])
             for row, i in enumerate(missing):
                 n_out = int(sub_mask[row].sum())
                 self.store[keys[i]] = sub_hidden[row, :n_out].detach().clone()

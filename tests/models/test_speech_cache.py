@@ -78,3 +78,18 @@ def test_config_requires_speech_frozen_for_the_whole_run():
     cfg = from_dict(ExperimentConfig, {**base, "train": {"cache_frozen_speech": True,
                                                          "freeze_speech_fraction": 1.0}})
     assert cfg.train.cache_frozen_speech
+
+
+def test_fbank_input_is_cut_along_time(make_model):
+    """w2v-BERT input is (B, T, 160): the cache must cut time, not features."""
+    model = make_model("w2v_bert")
+    x, mask = speech_input("w2v_bert", LENGTHS["w2v_bert"], seed=5)
+    with torch.no_grad():
+        fresh = model.encode_speech(x, mask)
+        cache = cache_speech_encoder(model)
+        cached = model.encode_speech(x, mask)
+        again = model.encode_speech(x[1:, : LENGTHS["w2v_bert"][1]], mask[1:, : LENGTHS["w2v_bert"][1]])
+    assert (cache.misses, cache.hits) == (2, 1)
+    torch.testing.assert_close(cached.hidden, fresh.hidden, atol=1e-5, rtol=1e-5)
+    n = int(fresh.mask[1].sum())
+    torch.testing.assert_close(again.hidden[0, :n], fresh.hidden[1, :n], atol=1e-5, rtol=1e-5)
