@@ -111,19 +111,25 @@ def make_batch(corpus: Corpus, idx: list[int], vocab: int, *, pad_frames: int | 
             "translation_ids": tg_ids, "translation_mask": tg_mask}
 
 
-def interleaved(contenders: dict[str, list], run) -> dict[str, float]:
+def interleaved(contenders: dict[str, list], run, cpu: dict[str, float] | None = None) -> dict[str, float]:
     """Run every contender's work items, always advancing the one with the least time spent so far, so
-    the machine's load falls on all of them alike. ``run(name, item)``; returns seconds per contender."""
+    the machine's load falls on all of them alike. ``run(name, item)``; returns wall seconds per contender
+    and, when ``cpu`` is given, fills it with this process's CPU seconds per contender (less sensitive to
+    other jobs on a shared machine than wall time)."""
     spent = {name: 0.0 for name in contenders}
     pos = {name: 0 for name in contenders}
+    if cpu is not None:
+        cpu.update({name: 0.0 for name in contenders})
     while True:
         left = [n for n in contenders if pos[n] < len(contenders[n])]
         if not left:
             return spent
         name = min(left, key=lambda n: spent[n])
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         run(name, contenders[name][pos[name]])
         spent[name] += time.perf_counter() - t0
+        if cpu is not None:
+            cpu[name] += time.process_time() - c0
         pos[name] += 1
 
 
