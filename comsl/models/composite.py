@@ -218,17 +218,27 @@ class ComSLModel(PreTrainedModel):
         """Text encoder over token ids ``[src_lang, x.., </s>]`` (B, L)."""
         return self.encode_embeds(self.embed_tokens(input_ids), mask, output_hidden_states)
 
+    def decode_hidden(
+        self, decoder_input_ids: torch.Tensor, encoder_hidden: torch.Tensor, encoder_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Teacher-forced decoder states: ids (B, L) over encoder states (B, S, D) -> (B, L, D), before the
+        LM head (so callers can project only the positions they score)."""
+        return self.text_model.get_decoder()(
+            input_ids=decoder_input_ids, encoder_hidden_states=encoder_hidden,
+            encoder_attention_mask=encoder_mask, use_cache=False,
+        ).last_hidden_state
+
+    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """LM head (+ mBART's final logits bias) over decoder states (..., D) -> (..., V)."""
+        logits = self.text_model.lm_head(hidden)
+        bias = getattr(self.text_model, "final_logits_bias", None)
+        return logits + bias.to(logits.dtype) if bias is not None else logits
+
     def decode(
         self, decoder_input_ids: torch.Tensor, encoder_hidden: torch.Tensor, encoder_mask: torch.Tensor
     ) -> torch.Tensor:
         """Teacher-forced decoder: ids (B, L) over encoder states (B, S, D) -> logits (B, L, V)."""
-        out = self.text_model(
-            encoder_outputs=BaseModelOutput(last_hidden_state=encoder_hidden),
-            attention_mask=encoder_mask,
-            decoder_input_ids=decoder_input_ids,
-            use_cache=False,
-        )
-        return out.logits
+        return self.lm_logits(self.decode_hidden(decoder_input_ids, encoder_hidden, encoder_mask))
 
     def teacher_forcing(self, target_ids: torch.Tensor, target_mask: torch.Tensor
                         ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -69,10 +69,15 @@ class MTPObjective:
 
     name = "mtp"
 
-    def __call__(self, logits: torch.Tensor, transcript_ids: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
-        """logits (B, L, V) decoding the transcript (B, L); masked (B, L) bool of masked input positions."""
-        labels = transcript_ids.masked_fill(~masked, -100)
+    def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """logits (B, L, V) decoding the transcript, labels (B, L): the transcript ids at masked input
+        positions and -100 elsewhere (``mtp_labels``). Also accepts pre-selected (N, V) and (N,)."""
         return mixed_cross_entropy(logits, labels)
+
+
+def mtp_labels(transcript_ids: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+    """MTP targets: the original token where the encoder input was masked, -100 elsewhere (B, L)."""
+    return transcript_ids.masked_fill(~masked, -100)
 
 
 class STMObjective:

@@ -9,7 +9,8 @@ Passes per batch (each only when some objective with a non-zero weight needs it)
     (without gradient when w_mt = 0);
   * the frozen MT teacher: without gradient, only when w_mt > 0 and λt > 0;
   * text encoder over [lang ; speech ; masked transcript]: once for MTP, STM_src, STM_tgt, ERM.
-Decoder passes with the same targets (ST + STM_tgt + MT; ASR + STM_src + MTP) run as one batched call.
+Decoder passes with the same targets (ST + STM_tgt + MT; ASR + STM_src + MTP) run as one batched call,
+and the LM head runs only on the positions each objective scores.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from comsl.objectives.cml import (
     STMObjective,
     combine_cml,
     mask_transcript,
+    mtp_labels,
     pack_pair,
     unpack_pair,
 )
@@ -41,19 +43,25 @@ from comsl.objectives.st_ddm import STDDMObjective
 def decode_group(model: ComSLModel, jobs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
                  ) -> list[torch.Tensor]:
     """Run several teacher-forced decodes ``(decoder_input_ids (B, L), enc (B, S_i, D), enc_mask (B, S_i))``
-    as one batched decoder call (encoder states right-padded to the longest); returns their logits."""
+    as one batched decoder call (encoder states right-padded to the longest); returns their decoder
+    states (B, L, D), before the LM head."""
     if len(jobs) == 1:
-        dec_in, enc, mask = jobs[0]
-        return [model.decode(dec_in, enc, mask)]
+        return [model.decode_hidden(*jobs[0])]
     width = max(enc.shape[1] for _, enc, _ in jobs)
-    pad = lambda t: nn.functional.pad(t, (0, 0, 0, width - t.shape[1])) if t.dim() == 3 else \
-        nn.functional.pad(t, (0, width - t.shape[1]))  # noqa: E731
-    logits = model.decode(
+    hidden = model.decode_hidden(
         torch.cat([d for d, _, _ in jobs]),
-        torch.cat([pad(e) for _, e, _ in jobs]),
-        torch.cat([pad(m) for _, _, m in jobs]),
+        torch.cat([nn.functional.pad(e, (0, 0, 0, width - e.shape[1])) for _, e, _ in jobs]),
+        torch.cat([nn.functional.pad(m, (0, width - m.shape[1])) for _, _, m in jobs]),
     )
-    return list(logits.split([d.shape[0] for d, _, _ in jobs]))
+    return list(hidden.split([d.shape[0] for d, _, _ in jobs]))
+
+
+def scored(model: ComSLModel, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """LM head only where a token is scored: decoder states (B, L, D) and labels (B, L) (-100 = not scored)
+    -> logits (N, V) and labels (N,). At a 250k vocabulary the head costs more than the decoder layers;
+    padding, the forced language token and MTP's unmasked positions (85%) never reach it."""
+    keep = labels != -100
+    return model.lm_logits(hidden[keep]), labels[keep]
 
 
 class ComSLMultiTaskLoss:
@@ -118,7 +126,7 @@ class ComSLMultiTaskLoss:
                 tgt_jobs["mt"] = (tgt_in, mt_enc, tr_mask)
             else:
                 with torch.no_grad():
-                    mt_logits_nograd = model.decode(tgt_in, mt_enc, tr_mask)
+                    mt_logits_nograd, _ = scored(model, model.decode_hidden(tgt_in, mt_enc, tr_mask), tgt_labels)
 
         # ---- speech passes
         if has_speech and any(w > 0 for w in self.speech_weights.values()):
@@ -154,32 +162,35 @@ class ComSLMultiTaskLoss:
                 parts["match"] = self._matching(model, embeds, smask, tr_ids, tr_mask)
                 weighted.append(c.w_match * parts["match"])
 
-        # ---- batched decodes and the objectives over them
-        logits = {}
+        # ---- batched decodes, the LM head on scored positions only, and the objectives
+        hidden = {}
         for jobs in (tgt_jobs, src_jobs):
             if jobs:
-                logits.update(zip(jobs, decode_group(model, list(jobs.values()))))
-        if "mt" in logits:
+                hidden.update(zip(jobs, decode_group(model, list(jobs.values()))))
+        if "mt" in hidden:
+            mt_logits, labels = scored(model, hidden["mt"], tgt_labels)
             teacher_logits = None
             if self.mt.needs_teacher:
                 with torch.no_grad():
                     t_enc = self.teacher.encode_text(tr_ids, tr_mask).last_hidden_state
-                    teacher_logits = self.teacher.decode(tgt_in, t_enc, tr_mask)
-            parts["mt"] = self.mt(logits["mt"], tgt_labels, teacher_logits)
+                    teacher_logits, _ = scored(self.teacher, self.teacher.decode_hidden(tgt_in, t_enc, tr_mask),
+                                               tgt_labels)
+            parts["mt"] = self.mt(mt_logits, labels, teacher_logits)
             weighted.append(c.w_mt * parts["mt"])
         if use_st:
+            st_logits, labels = scored(model, hidden["st"], tgt_labels)
             mt_dist = None
             if self.st.needs_mt:
-                mt_dist = logits["mt"].detach() if "mt" in logits else mt_logits_nograd
-            parts["st"] = self.st(logits["st"], tgt_labels, mt_dist)
+                mt_dist = mt_logits.detach() if "mt" in hidden else mt_logits_nograd
+            parts["st"] = self.st(st_logits, labels, mt_dist)
             weighted.append(c.w_st * parts["st"])
         if use_asr:
-            parts["asr"] = self.asr(logits["asr"], src_labels)
+            parts["asr"] = self.asr(*scored(model, hidden["asr"], src_labels))
             weighted.append(c.w_asr * parts["asr"])
         if use_cml:
-            parts["stm_src"] = self.stm_src(logits["stm_src"], src_labels)
-            parts["stm_tgt"] = self.stm_tgt(logits["stm_tgt"], tgt_labels)
-            parts["mtp"] = self.mtp(logits["mtp"], tr_ids, masked)
+            parts["stm_src"] = self.stm_src(*scored(model, hidden["stm_src"], src_labels))
+            parts["stm_tgt"] = self.stm_tgt(*scored(model, hidden["stm_tgt"], tgt_labels))
+            parts["mtp"] = self.mtp(*scored(model, hidden["mtp"], mtp_labels(tr_ids, masked)))
             parts["cml"] = combine_cml(parts["stm_src"], parts["stm_tgt"], parts["mtp"], parts.get("erm"), c.w_erm)
             weighted.append(c.w_cml * parts["cml"])
         if not weighted:

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from comsl.objectives.cml import ERMObjective, MTPObjective, combine_cml, mask_transcript, pack_pair, unpack_pair
+from comsl.objectives.cml import (ERMObjective, MTPObjective, combine_cml, mask_transcript, mtp_labels, pack_pair,
+                                 unpack_pair)
 from comsl.objectives.cross_entropy import mixed_cross_entropy
 from comsl.objectives.ctc import CTCObjective
 from comsl.objectives.matching import MatchingObjective, mismatched_order
@@ -88,10 +89,10 @@ def test_mtp_scores_only_masked_positions():
     ids = torch.tensor([[7, 3, 4, 5, 2]])
     masked = torch.tensor([[False, False, True, False, False]])
     expected = -torch.log_softmax(logits[0, 2], -1)[4]
-    assert float(MTPObjective()(logits, ids, masked)) == pytest.approx(float(expected), rel=1e-6)
+    assert float(MTPObjective()(logits, mtp_labels(ids, masked))) == pytest.approx(float(expected), rel=1e-6)
     changed = logits.clone()
     changed[0, [0, 1, 3, 4]] += 5 * torch.randn(4, 9, generator=g)
-    assert float(MTPObjective()(changed, ids, masked)) == pytest.approx(float(expected), rel=1e-6)
+    assert float(MTPObjective()(changed, mtp_labels(ids, masked))) == pytest.approx(float(expected), rel=1e-6)
 
 
 def test_erm_zero_for_identical_and_mse_otherwise():

@@ -49,14 +49,14 @@ def count_calls(monkeypatch, obj, names):
 
 def test_full_comsl_logs_every_part_and_runs_each_pass_once(make_model, tokenizer, batch, monkeypatch):
     model, teacher = make_model(seed=0).train(), make_model(seed=1)
-    calls = count_calls(monkeypatch, model, ["encode_speech", "encode_embeds", "decode"])
-    t_calls = count_calls(monkeypatch, teacher, ["decode"])
+    calls = count_calls(monkeypatch, model, ["encode_speech", "encode_embeds", "decode_hidden"])
+    t_calls = count_calls(monkeypatch, teacher, ["decode_hidden"])
     total, parts = make_loss(tokenizer, teacher)(model, batch)
     assert set(parts) == set(PARTS)
     assert all(torch.isfinite(v) for v in parts.values())
     # speech encoder once; text encoder over speech, over the transcript (MT), over the concatenation
-    assert calls == {"encode_speech": 1, "encode_embeds": 3, "decode": 2}  # two batched decoder calls
-    assert t_calls == {"decode": 1}
+    assert calls == {"encode_speech": 1, "encode_embeds": 3, "decode_hidden": 2}  # two batched decoder calls
+    assert t_calls == {"decode_hidden": 1}
     expected = (0.35 * parts["asr"] + 0.35 * parts["st"] + 0.2 * parts["mt"]
                 + 0.1 * ((parts["stm_src"] + parts["stm_tgt"] + parts["mtp"]) / 3 + 0.1 * parts["erm"]))
     assert float(total) == pytest.approx(float(expected), rel=1e-6)
@@ -80,11 +80,11 @@ def test_zero_weight_skips_its_computation(make_model, tokenizer, batch, monkeyp
 
 def test_st_only_skips_everything_else(make_model, tokenizer, batch, monkeypatch):
     model = make_model().train()
-    counts = count_calls(monkeypatch, model, ["encode_speech", "encode_embeds", "encode_text", "decode"])
+    counts = count_calls(monkeypatch, model, ["encode_speech", "encode_embeds", "encode_text", "decode_hidden"])
     loss = make_loss(tokenizer, None, w_asr=0, w_mt=0, w_cml=0, lambda_st=0)
     total, parts = loss(model, batch)
     assert set(parts) == {"st"} and float(total) == pytest.approx(0.35 * float(parts["st"]))
-    assert counts == {"encode_speech": 1, "encode_embeds": 1, "encode_text": 0, "decode": 1}
+    assert counts == {"encode_speech": 1, "encode_embeds": 1, "encode_text": 0, "decode_hidden": 1}
 
 
 def test_ddm_without_mt_loss_runs_mt_pass_without_gradient(make_model, tokenizer, batch):

@@ -12,6 +12,7 @@ from comsl.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = [
+    "model.speech_pretrained=null",
     "model.speech_arch={d_model: 32, encoder_layers: 1, encoder_attention_heads: 2, encoder_ffn_dim: 64, "
     "decoder_layers: 1, decoder_attention_heads: 2, decoder_ffn_dim: 64, num_mel_bins: 80, "
     "max_source_positions: 550, vocab_size: 64, pad_token_id: 0, bos_token_id: 1, eos_token_id: 2, "
@@ -19,6 +20,10 @@ TINY = [
     "model.text_arch={d_model: 32, encoder_layers: 2, decoder_layers: 1, encoder_attention_heads: 2, "
     "decoder_attention_heads: 2, encoder_ffn_dim: 64, decoder_ffn_dim: 64, max_position_embeddings: 256}",
 ]
+
+# the paper's weights (whatever the tuned mini config says) plus the seed papers' CTC and matching
+ALL_PARTS = ("objectives={w_asr: 0.35, w_st: 0.35, w_mt: 0.2, w_cml: 0.1, w_erm: 0.1, lambda_st: 0.8, "
+             "lambda_mt: 0.2, erm_layer: 2, w_ctc: 0.1, w_match: 0.1}")
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +58,8 @@ def test_two_stages_log_every_named_part(corpus, tmp_path):
 
     st = tmp_path / "comsl"
     assert main(["train", str(ROOT / "configs/mini.yaml"), *TINY, *paths(corpus, st), "train.max_steps=3",
-                 f"train.init_from={mt / 'final'}", f"train.teacher={mt / 'final'}", "objectives.w_ctc=0.1",
-                 "objectives.w_match=0.1", "objectives.erm_layer=2", "train.eval_every=3",
+                 f"train.init_from={mt / 'final'}", f"train.teacher={mt / 'final'}", ALL_PARTS,
+                 "train.speech_trainable=true", "train.cache_frozen_speech=false", "train.eval_every=3",
                  "data.train_sample_utterances=2"]) == 0
     logged = [r for r in records(st) if "loss/total" in r]
     assert len(logged) == 3
