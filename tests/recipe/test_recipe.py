@@ -1,0 +1,99 @@
+"""The CoVoST 2 recipe (examples/covost2/run.sh) end to end on a very small mini corpus: two languages,
+the tiny speech encoder, a few steps per stage. Checks the report, both stages' metrics, that a stopped
+training stage resumes where it stopped, and that rerunning a finished recipe is a no-op."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+RUN = ROOT / "examples" / "covost2" / "run.sh"
+LANGS = ["de", "es"]
+
+
+def run_recipe(out: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    cmd = ["bash", str(RUN), "--out", str(out), "--speech-init", "tiny", "--langs", ",".join(LANGS),
+           "--per-lang", "40", "--max-seconds", "11", "--beam", "2", "--max-new-tokens", "12",
+           "--mt", "train.max_steps=8", "--mt", "train.eval_every=4", "--mt", "train.save_every=4",
+           "--comsl", "train.max_steps=6", "--comsl", "train.eval_every=3", "--comsl", "train.save_every=3",
+           "--comsl", "data.train_sample_utterances=2", *extra]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def metrics(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory):
+    """Runs the recipe three times: up to a stage-2 stop after 3 steps, then on to the end, then again."""
+    out = tmp_path_factory.mktemp("recipe") / "exp"
+    stopped = run_recipe(out, "--comsl", "train.stop_after=3")
+    finished = run_recipe(out)
+    report_mtime = (out / "eval" / "report.json").stat().st_mtime_ns
+    again = run_recipe(out)
+    return out, stopped, finished, again, report_mtime
+
+
+def test_report_has_every_language_groups_signature_and_baselines(recipe):
+    out, _, finished, _, _ = recipe
+    report = json.loads((out / "eval" / "report.json").read_text())
+    assert sorted(report["bleu"]) == LANGS
+    assert all(isinstance(report["bleu"][lang], float) for lang in LANGS)
+    assert report["bleu_avg"] == pytest.approx(sum(report["bleu"].values()) / len(LANGS), abs=0.06)
+    assert {"High", "Med", "Low"} <= set(report["groups"])
+    assert report["signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
+    constant = report["baselines"]["constant"]
+    assert sorted(constant["bleu"]) == LANGS
+    assert "sentence" in json.dumps(constant)
+    for name in ("report.md", "bleu_per_language.png", "table.txt"):
+        assert (out / "eval" / name).is_file(), name
+    for lang in LANGS:
+        assert (out / "eval" / "hypotheses" / f"{lang}.txt").is_file()
+    # the summary names the table and where everything is
+    assert "report:" in finished.stdout and "model:" in finished.stdout
+    assert all(lang in finished.stdout for lang in LANGS)
+    assert (out / "comsl" / "final" / "config.json").is_file()
+
+
+def test_both_stages_log_losses_and_dev_bleu(recipe):
+    out = recipe[0]
+    mt = metrics(out / "mt" / "metrics.jsonl")
+    assert [r["step"] for r in mt if "dev/bleu_avg" in r] == [4, 8]
+    assert all("loss/mt" in r for r in mt if "loss/total" in r)
+    comsl = metrics(out / "comsl" / "metrics.jsonl")
+    dev_steps = [r["step"] for r in comsl if "dev/bleu_avg" in r]
+    assert dev_steps == [3, 6]
+    assert any("train_sample/bleu_avg" in r for r in comsl)
+    parts = set().union(*(r.keys() for r in comsl if "loss/total" in r))
+    assert {"loss/asr", "loss/st", "loss/mt"} <= parts
+    for lang in LANGS:
+        assert any(f"dev/bleu/{lang}" in r for r in comsl)
+
+
+def test_stopped_stage_resumes_and_finished_recipe_reruns_as_a_no_op(recipe):
+    out, stopped, finished, again, report_mtime = recipe
+    assert "rerun the same command to continue" in stopped.stdout
+    assert "stage 4" not in stopped.stdout
+    assert "stage 1:" not in finished.stdout and "stage 2:" not in finished.stdout  # data and stage 1 were done
+    assert "resumed from" in finished.stdout + finished.stderr
+    assert "stage 3" in finished.stdout and "stage 4" in finished.stdout
+    # stage 2 continued at step 3: each step is logged once, none repeated
+    steps = [r["step"] for r in metrics(out / "comsl" / "metrics.jsonl") if "dev/bleu_avg" in r]
+    assert steps == sorted(set(steps))
+    assert "[run.sh] stage" not in again.stdout
+    assert (out / "eval" / "report.json").stat().st_mtime_ns == report_mtime
+    assert "report:" in again.stdout
+    # one line per stage run: name, wall seconds, CPU seconds
+    rows = [line.split() for line in (out / "logs" / "stage_seconds.txt").read_text().splitlines()]
+    assert {"setup", "data", "mt", "comsl", "eval"} <= {r[0] for r in rows}
+    assert all(len(r) == 3 and r[1].isdigit() and r[2].isdigit() for r in rows)
