@@ -1,7 +1,14 @@
 """Shared pieces of the benchmarks: the benchmark model, a CoVoST-like synthetic corpus, batches, timing.
 
-The model is small but not tiny, shaped so the speech encoder dominates a training step as it does at
-paper scale: Whisper encoder d_model 256, 4 layers; mBART d_model 256, 3+3 layers, vocabulary 8192.
+Two model shapes (``SHAPES``), both d_model 256 with 64-dimensional heads and ffn 4 x d_model:
+
+* ``small``: Whisper encoder 4 layers, mBART 3+3 layers, vocabulary 8192 (text-heavy: the speech
+  encoder is only ~40% of the forward);
+* ``paper``: ComSL Medium's proportions at a quarter of its width so it trains on 2 CPU cores. Medium
+  is Whisper-medium's encoder (24 layers, d1024) + mBART-50 (12+12 layers, d1024, vocabulary 250k):
+  the speech encoder has twice the text encoder's depth and the vocabulary is ~244 x d_model. Here:
+  speech 12 layers, text 6+6 layers, vocabulary 62,500 (= 250k x 256 / 1024).
+
 Weights are random; features are random log-mel frames (no audio decoding), so only the shapes matter.
 """
 
@@ -25,10 +32,25 @@ FIRST_WORD = 60
 N_MELS = 80
 
 
+# benchmark model shapes (see the module docstring): keyword arguments of bench_model
+SHAPES = {
+    "small": dict(vocab=8192, speech_layers=4, text_layers=3),
+    "paper": dict(vocab=62_500, speech_layers=12, text_layers=6),
+}
+
+
+def shape_kwargs(shape: str) -> dict:
+    """``bench_model`` keyword arguments of a named shape (``small`` or ``paper``)."""
+    if shape not in SHAPES:
+        raise ValueError(f"unknown benchmark shape {shape!r}; choose one of {sorted(SHAPES)}")
+    return dict(SHAPES[shape])
+
+
 def bench_model(*, vocab: int = 8192, d_speech: int = 256, speech_layers: int = 4, d_text: int = 256,
                 text_layers: int = 3, max_speech_seconds: float = 30.0, seed: int = 0) -> ComSLModel:
-    """The benchmark composite (random init). ``max_speech_seconds=30`` gives Whisper its full 1500
-    positions, so one model serves every contender (ours slices the positional table to the batch)."""
+    """The benchmark composite (random init); ``text_layers`` is the depth of both text encoder and
+    decoder. ``max_speech_seconds=30`` gives Whisper its full 1500 positions, so one model serves every
+    contender (ours slices the positional table to the batch)."""
     torch.manual_seed(seed)
     speech = WhisperConfig(d_model=d_speech, encoder_layers=speech_layers, encoder_attention_heads=d_speech // 64,
                            encoder_ffn_dim=4 * d_speech, decoder_layers=1, decoder_attention_heads=d_speech // 64,

@@ -1,6 +1,7 @@
 """Multi-task overhead: a full ComSL training step vs an ST-only step on the same batches.
 
-``python benchmarks/multitask.py [--quick]``. Same benchmark composite, same length-bucketed batches
+``python benchmarks/multitask.py [--quick] [--shape small|paper]``. Same benchmark composite (shape from
+common.SHAPES), same length-bucketed batches
 (CoVoST-like lengths), same AdamW step. Full ComSL = ASR 0.35 + ST 0.35 (DDM, λ=0.8) + MT 0.2
 (regularised by a frozen teacher, λ=0.2) + CML 0.1 (MTP, STM src/tgt, ERM); ST-only = plain speech
 translation cross-entropy (w_st=1, λ_st=0, every other weight 0). Steps are interleaved. A cProfile
@@ -21,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench_model, comsl_loss, covost_like, interleaved, make_batch  # noqa: E402
+from common import SHAPES, bench_model, comsl_loss, covost_like, interleaved, make_batch, shape_kwargs  # noqa: E402
 from train_step import batches_of  # noqa: E402
 
 from comsl.config import ObjectiveConfig  # noqa: E402
@@ -55,10 +56,13 @@ def breakdown(model, loss, opt, batch) -> dict[str, float]:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="32 utterances instead of 96")
+    p.add_argument("--utterances", type=int, default=0, help="override the number of utterances")
+    p.add_argument("--shape", choices=sorted(SHAPES), default="paper",
+                   help="benchmark model shape (common.SHAPES): small, or ComSL Medium's proportions")
     args = p.parse_args(argv)
-    n = 32 if args.quick else 96
+    n = args.utterances or (32 if args.quick else 96)
     corpus = covost_like(n, seed=2)
-    base = bench_model()
+    base = bench_model(**shape_kwargs(args.shape))
     vocab = base.config.text_config.vocab_size
     batches = [make_batch(corpus, b, vocab, seed=k) for k, b in enumerate(batches_of("ours", corpus, seed=2))]
     setups = {}
@@ -78,7 +82,8 @@ def main(argv=None) -> dict:
         step(name, batches[0])  # warm-up
     cpu: dict[str, float] = {}
     times = interleaved({"full": batches, "st_only": batches}, step, cpu)
-    print(f"{n} utterances in {len(batches)} length-bucketed batches, torch threads {torch.get_num_threads()}")
+    print(f"{n} utterances in {len(batches)} length-bucketed batches, shape {args.shape} "
+          f"{shape_kwargs(args.shape)}, torch threads {torch.get_num_threads()}")
     for name in ("full", "st_only"):
         print(f"{name:8s} wall {times[name]:8.1f} s  {n / times[name]:6.2f} utt/s   cpu {cpu[name]:8.1f} s")
     print(f"wall-time ratio full / st_only: {times['full'] / times['st_only']:.2f}")

@@ -1,8 +1,11 @@
 """Run every benchmark and print one summary line.
 
-``python benchmarks/run_all.py [--quick]``. Each benchmark runs in its own process (its output is shown
-as it comes); the last line of each is ``key=value ...``. The last line printed here is
-``train_speedup_vs_pad11=X train_speedup_vs_pad30=X multitask_overhead=X decode_speedup=X features_speedup=X``.
+``python benchmarks/run_all.py [--quick] [--shape both|paper|small]``. Each benchmark runs in its own
+process (its output is shown as it comes); the last line of each is ``key=value ...``. The training-step
+and multi-task benchmarks run once per model shape (common.SHAPES; default both): the ``paper`` shape's
+values carry the plain keys, the ``small`` shape's the same keys with ``_small`` appended. The last line
+printed here is ``train_speedup_vs_pad11=X train_speedup_vs_pad11_b1=X train_speedup_vs_pad30=X
+multitask_overhead=X decode_speedup=X features_speedup=X`` followed by the ``_small`` variants.
 Exits non-zero if a benchmark fails (e.g. decoding outputs differ from transformers' generate).
 """
 
@@ -16,12 +19,16 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = ["features", "decoding", "multitask", "train_step", "model_sizes"]
-SUMMARY = ["train_speedup_vs_pad11", "train_speedup_vs_pad30", "multitask_overhead", "decode_speedup",
-           "features_speedup"]
+SHAPED = {"multitask", "train_step"}  # benchmarks that take --shape
+SUMMARY = ["train_speedup_vs_pad11", "train_speedup_vs_pad11_b1", "train_speedup_vs_pad30", "multitask_overhead",
+           "decode_speedup", "features_speedup"]
+SHAPED_KEYS = ["train_speedup_vs_pad11", "train_speedup_vs_pad11_b1", "train_speedup_vs_pad30",
+               "multitask_overhead"]
 
 
-def run(name: str, quick: bool) -> dict[str, str]:
+def run(name: str, quick: bool, shape: str | None = None) -> dict[str, str]:
     cmd = [sys.executable, str(HERE / f"{name}.py")] + (["--quick"] if quick else [])
+    cmd += ["--shape", shape] if shape else []
     print(f"=== {name}: {' '.join(cmd[1:])}", flush=True)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -40,11 +47,20 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="pass --quick to every benchmark")
     p.add_argument("--only", nargs="*", choices=BENCHMARKS, help="run only these")
+    p.add_argument("--shape", choices=["both", "paper", "small"], default="both",
+                   help="model shape(s) for the training-step and multi-task benchmarks")
     args = p.parse_args()
+    shapes = ["paper", "small"] if args.shape == "both" else [args.shape]
     values: dict[str, str] = {}
     for name in args.only or BENCHMARKS:
-        values.update(run(name, args.quick))
-    print(" ".join(f"{k}={values.get(k, 'n/a')}" for k in SUMMARY))
+        if name not in SHAPED:
+            values.update(run(name, args.quick))
+            continue
+        for shape in shapes:
+            suffix = "" if shape == "paper" else "_small"
+            values.update({k + suffix: v for k, v in run(name, args.quick, shape).items()})
+    keys = SUMMARY + [k + "_small" for k in SHAPED_KEYS]
+    print(" ".join(f"{k}={values[k]}" for k in keys if k in values))
 
 
 if __name__ == "__main__":

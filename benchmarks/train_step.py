@@ -1,7 +1,7 @@
 """Training-step throughput and peak memory: variable-length bucketed batches vs padding to 11 s / 30 s.
 
-``python benchmarks/train_step.py [--quick]``. Same model (benchmark composite: Whisper encoder d256 x 4
-layers, mBART d256 3+3, random init), same full ComSL loss (ASR + ST/DDM + MT/reg with a frozen teacher
+``python benchmarks/train_step.py [--quick] [--shape small|paper]``. Same model (benchmark composite of
+the chosen shape, see common.SHAPES; random init), same full ComSL loss (ASR + ST/DDM + MT/reg with a frozen teacher
 + CML), same AdamW step, same utterances (CoVoST-like lengths, mean ~5 s, max 11 s; random log-mel):
 
 * ``ours``   comsl.data.batching.LengthBucketSampler batches (frame budget = 8 x 11 s), each padded to
@@ -33,7 +33,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench_model, comsl_loss, covost_like, interleaved, make_batch, peak_rss_probe  # noqa: E402
+from common import (SHAPES, bench_model, comsl_loss, covost_like, interleaved, make_batch,  # noqa: E402
+                    peak_rss_probe, shape_kwargs)
 
 from comsl.data.batching import FRAME_SAMPLES, LengthBucketSampler  # noqa: E402
 
@@ -68,14 +69,15 @@ class Trainer:
         self.opt.step()
 
 
-def probe_memory(name: str, n: int) -> None:
+def probe_memory(name: str, n: int, shape: str) -> None:
     """Subprocess entry: peak RSS of one step on ``name``'s largest batch; prints ``peak_mib=X``."""
     corpus = covost_like(n)
-    vocab = 8192
+    kwargs = shape_kwargs(shape)
+    vocab = kwargs["vocab"]
     batches = batches_of(name, corpus)
     frames = lambda b: len(b) * (PAD_FRAMES.get(name) or corpus.frames[b].max())  # noqa: E731
     largest = max(batches, key=frames)
-    trainer = Trainer(bench_model())
+    trainer = Trainer(bench_model(**kwargs))
     batch = make_batch(corpus, largest, vocab, pad_frames=PAD_FRAMES.get(name))
     trainer.step(batch)  # optimizer state and allocator warm-up belong to the baseline
     print(f"peak_mib={peak_rss_probe(lambda: trainer.step(batch), repeats=1):.0f} batch={len(largest)}")
@@ -83,19 +85,22 @@ def probe_memory(name: str, n: int) -> None:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="32 utterances instead of 128")
+    p.add_argument("--quick", action="store_true", help="24 utterances instead of 128")
     p.add_argument("--utterances", type=int, default=0, help="override the number of utterances")
+    p.add_argument("--shape", choices=sorted(SHAPES), default="paper",
+                   help="benchmark model shape (common.SHAPES): small, or ComSL Medium's proportions")
     p.add_argument("--probe", choices=CONTENDERS, help=argparse.SUPPRESS)
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     args = p.parse_args(argv)
-    n = args.utterances or (32 if args.quick else 128)
+    n = args.utterances or (24 if args.quick else 128)
     if args.probe:
-        probe_memory(args.probe, n)
+        probe_memory(args.probe, n, args.shape)
         return {}
 
     corpus = covost_like(n)
-    vocab = 8192
-    base = bench_model()
+    kwargs = shape_kwargs(args.shape)
+    vocab = kwargs["vocab"]
+    base = bench_model(**kwargs)
     trainers = {name: Trainer(base) for name in CONTENDERS}
     work = {}
     for name in CONTENDERS:
@@ -109,11 +114,13 @@ def main(argv=None) -> dict:
 
     audio = corpus.seconds.sum()
     print(f"{n} utterances ({audio:.0f} s of speech, mean {corpus.seconds.mean():.1f} s, max "
-          f"{corpus.seconds.max():.1f} s), full ComSL loss, torch threads {torch.get_num_threads()}")
+          f"{corpus.seconds.max():.1f} s), full ComSL loss, shape {args.shape} {kwargs}, "
+          f"torch threads {torch.get_num_threads()}")
     memory = {}
     if not args.no_memory:
         for name in CONTENDERS:
-            out = subprocess.run([sys.executable, __file__, "--probe", name, "--utterances", str(n)],
+            out = subprocess.run([sys.executable, __file__, "--probe", name, "--utterances", str(n),
+                                  "--shape", args.shape],
                                  capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
             memory[name] = out
     print(f"{'contender':10s} {'batches':>8s} {'padded frames':>14s} {'wall s':>8s} {'utt/s':>8s} {'cpu s':>8s}"
@@ -122,10 +129,10 @@ def main(argv=None) -> dict:
         padded = sum(b["speech"].shape[0] * b["speech"].shape[-1] for b in work[name])
         print(f"{name:10s} {len(work[name]):8d} {padded:14d} {times[name]:8.1f} {n / times[name]:8.2f} "
               f"{cpu[name]:8.1f} {n / cpu[name]:10.2f}  {memory.get(name, '-')}")
-    for ref in ("pad11", "pad30"):
+    refs = ("pad11", "pad30")
+    for ref in refs:
         print(f"wall-time speedup vs {ref}: {times[ref] / times['ours']:.2f}")
-    result = {"train_speedup_vs_pad11": cpu["pad11"] / cpu["ours"],
-              "train_speedup_vs_pad30": cpu["pad30"] / cpu["ours"]}
+    result = {f"train_speedup_vs_{ref}": cpu[ref] / cpu["ours"] for ref in refs}
     print(" ".join(f"{k}={v:.2f}" for k, v in result.items()))
     return result
 
