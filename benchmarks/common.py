@@ -15,6 +15,8 @@ Weights are random; features are random log-mel frames (no audio decoding), so o
 from __future__ import annotations
 
 import copy
+import cProfile
+import pstats
 import time
 from dataclasses import dataclass
 
@@ -170,3 +172,32 @@ def peak_rss_probe(step, repeats: int = 2) -> float:
     for _ in range(repeats):
         step()
     return status("VmHWM") - base
+
+
+# forward functions whose cumulative time ``breakdown`` reports; the frozen teacher's calls are included
+PASSES = [("encode_speech", "speech encoder + adapter"), ("encode_embeds", "text encoder passes"),
+          ("decode_hidden", "decoder passes"), ("lm_logits", "LM head (scored positions)")]
+
+
+def breakdown(model, loss, opt, batches: list[dict]) -> dict[str, float]:
+    """CPU seconds of training steps on ``batches`` (summed): forward and its parts (cProfile on the
+    process CPU clock), backward, optimizer."""
+    out = dict.fromkeys(["forward"] + [label for _, label in PASSES] + ["backward", "optimizer", "step"], 0.0)
+    for batch in batches:
+        opt.zero_grad(set_to_none=True)
+        prof = cProfile.Profile(time.process_time)
+        t0 = time.process_time()
+        total, _ = prof.runcall(loss, model, batch)
+        t1 = time.process_time()
+        total.backward()
+        t2 = time.process_time()
+        opt.step()
+        t3 = time.process_time()
+        stats = pstats.Stats(prof).stats
+        out["forward"] += t1 - t0
+        for name, label in PASSES:
+            out[label] += sum(v[3] for (file, _, func), v in stats.items() if func == name and "comsl" in file)
+        out["backward"] += t2 - t1
+        out["optimizer"] += t3 - t2
+        out["step"] += t3 - t0
+    return out

@@ -35,8 +35,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (SHAPES, bench_model, comsl_loss, covost_like, interleaved, make_batch,  # noqa: E402
-                    peak_rss_probe, shape_kwargs)
+from common import (PASSES, SHAPES, bench_model, breakdown, comsl_loss, covost_like, interleaved,  # noqa: E402
+                    make_batch, peak_rss_probe, shape_kwargs)
 
 from comsl.data.batching import FRAME_SAMPLES, LengthBucketSampler  # noqa: E402
 
@@ -87,6 +87,34 @@ def probe_memory(name: str, n: int, shape: str) -> None:
     print(f"peak_mib={peak_rss_probe(lambda: trainer.step(batch), repeats=1):.0f} batch={len(largest)}")
 
 
+def profile(shape: str, n: int, repeats: int) -> None:
+    """Per-pass CPU seconds of training on the same 8 utterances: ours (padded to their longest, masks),
+    pad11 (one batch padded to 11 s) and pad11_b1 (8 steps of one utterance padded to 11 s); best of
+    ``repeats``."""
+    corpus = covost_like(n)
+    kwargs = shape_kwargs(shape)
+    idx = batches_of("pad11", corpus)[0]
+    work = {"ours": [make_batch(corpus, idx, kwargs["vocab"])],
+            "pad11": [make_batch(corpus, idx, kwargs["vocab"], pad_frames=1100)],
+            "pad11_b1": [make_batch(corpus, [i], kwargs["vocab"], pad_frames=1100) for i in idx]}
+    base = bench_model(**kwargs)
+    trainers = {name: Trainer(base) for name in work}
+    rows: dict[str, dict[str, float]] = {}
+    for name, trainer in trainers.items():
+        trainer.step(work[name][-1])  # warm-up
+    for _ in range(repeats):
+        for name, trainer in trainers.items():
+            row = breakdown(trainer.model, trainer.loss, trainer.opt, work[name])
+            rows[name] = {k: min(v, rows.get(name, row)[k]) for k, v in row.items()}
+    print(f"profile, shape {shape}: one training step on 8 utterances ({int(corpus.frames[idx].sum())} real "
+          f"frames; ours pads to {work['ours'][0]['speech'].shape[-1]}), CPU seconds, best of {repeats}")
+    print(f"  {'part':28s} " + " ".join(f"{name:>9s}" for name in work) + "  pad11/ours  pad11_b1/ours")
+    for label in ["step", "forward"] + [lbl for _, lbl in PASSES] + ["backward", "optimizer"]:
+        r = {name: rows[name][label] for name in work}
+        ratios = [f"{r[ref] / r['ours']:10.2f}" if r["ours"] else f"{'-':>10s}" for ref in ("pad11", "pad11_b1")]
+        print(f"  {label:28s} " + " ".join(f"{v:9.2f}" for v in r.values()) + "  " + "  ".join(ratios))
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="24 utterances instead of 128")
@@ -95,10 +123,15 @@ def main(argv=None) -> dict:
                    help="benchmark model shape (common.SHAPES): small, or ComSL Medium's proportions")
     p.add_argument("--probe", choices=CONTENDERS, help=argparse.SUPPRESS)
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--profile", type=int, default=0, metavar="REPEATS",
+                   help="only print a per-pass CPU-time profile of ours / pad11 / pad11_b1 on 8 utterances")
     args = p.parse_args(argv)
     n = args.utterances or (24 if args.quick else 128)
     if args.probe:
         probe_memory(args.probe, n, args.shape)
+        return {}
+    if args.profile:
+        profile(args.shape, n, args.profile)
         return {}
 
     corpus = covost_like(n)
