@@ -256,7 +256,7 @@ if [[ -f $out/eval/table.txt ]]; then
   echo
   echo "report:      $out/eval/report.json  (and report.md)"
   echo "plot:        $out/eval/bleu_per_language.png"
-  echo "model:       $out/comsl/final  (stage 1: $out/mt/final)"
+  echo "model:       $out/comsl/best (best dev BLEU, the one evaluated; last: $out/comsl/final; stage 1: $out/mt/final)"
   echo "metrics:     $out/mt/metrics.jsonl  $out/comsl/metrics.jsonl"
   echo "stage times: $out/logs/stage_seconds.txt"
 fi

@@ -87,10 +87,10 @@ def test_both_stages_log_losses_and_dev_bleu(recipe):
 def test_stopped_stage_resumes_and_finished_recipe_reruns_as_a_no_op(recipe):
     out, stopped, finished, again, report_mtime = recipe
     assert "rerun the same command to continue" in stopped.stdout
-    assert "stage 4" not in stopped.stdout
-    assert "stage 1:" not in finished.stdout and "stage 2:" not in finished.stdout  # data and stage 1 were done
+    assert "[run.sh] stage 4" not in stopped.stdout
+    assert "[run.sh] stage 1:" not in finished.stdout and "[run.sh] stage 2:" not in finished.stdout  # done before
     assert "resumed from" in finished.stdout + finished.stderr
-    assert "stage 3" in finished.stdout and "stage 4" in finished.stdout
+    assert "[run.sh] stage 3" in finished.stdout and "[run.sh] stage 4" in finished.stdout
     # stage 2 continued at step 3: each step is logged once, none repeated
     steps = [r["step"] for r in metrics(out / "comsl" / "metrics.jsonl") if "dev/bleu_avg" in r]
     assert steps == sorted(set(steps))
