@@ -43,13 +43,7 @@ class DevEvaluator:
     def __call__(self, model) -> dict:
         decoder = Decoder(model, self.tokenizer, self.config)
         hyps = decoder.decode(self.utts, progress=False, audio=self.audio)
-        by_lang_h: dict[str, list[str]] = {}
-        by_lang_r: dict[str, list[str]] = {}
-        for u, h in zip(self.utts, hyps):
-            by_lang_h.setdefault(u.src_lang, []).append(h)
-            by_lang_r.setdefault(u.src_lang, []).append(u.reference(self.config.task))
-        scores = score_languages(by_lang_h, by_lang_r, self.config.task)
-        return {"bleu": scores.bleu, "chrf": scores.chrf, "avg": scores.groups["Avg"], "groups": scores.groups}
+        return dev_scores(self.utts, hyps, self.config.task)
 
 
 class TextDevEvaluator:
@@ -89,13 +83,16 @@ class TextDevEvaluator:
                                       length_penalty=self.config.length_penalty)
             for i, text in zip(idx, self.tokenizer.batch_decode(out, skip_special_tokens=True)):
                 hyps[i] = " ".join(text.split())
-        by_lang_h: dict[str, list[str]] = {}
-        by_lang_r: dict[str, list[str]] = {}
-        for u, h in zip(self.utts, hyps):
-            by_lang_h.setdefault(u.src_lang, []).append(h)
-            by_lang_r.setdefault(u.src_lang, []).append(u.translation)
-        scores = score_languages(by_lang_h, by_lang_r, "st")
-        return {"bleu": scores.bleu, "chrf": scores.chrf, "avg": scores.groups["Avg"], "groups": scores.groups}
+        return dev_scores(self.utts, hyps, "st")
+
+
+def dev_scores(utts: Sequence[Utterance], hyps: Sequence[str], task: str) -> dict:
+    """The trainer's ``evaluate_fn`` result for hypotheses aligned with ``utts``: BLEU/chrF per language,
+    the paper's groups, and ``avg`` (scored exactly like ``comsl evaluate``)."""
+    from evaluation.evaluate import group_by_lang
+
+    scores = score_languages(group_by_lang(utts, hyps), group_by_lang(utts, [u.reference(task) for u in utts]), task)
+    return {"bleu": scores.bleu, "chrf": scores.chrf, "avg": scores.groups["Avg"], "groups": scores.groups}
 
 
 def _first_per_language(utts: Sequence[Utterance], per_language: int | None) -> list[Utterance]:
