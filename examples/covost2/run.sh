@@ -3,11 +3,12 @@
 #
 #   0  set-up     fetch the real Whisper-base (speech blocks) unless --speech-init tiny
 #   1  data       mini corpus (offline, espeak-ng) or a real Common Voice + CoVoST 2 download -> manifests
-#   2  stage 1    pre-finetune the language blocks on transcript -> translation (text only)
+#   2  stage 1    pre-finetune the language blocks on transcript -> translation (text only); the mini
+#                 recipe first builds them from Whisper-base's decoder (comsl convert whisper-text)
 #   3  stage 2    ComSL multi-task training, initialised from stage 1, stage-1 model as frozen MT teacher
 #   4  evaluate   beam search on test: sacreBLEU per language, groups, baselines, report + plot
 #
-# With no arguments it runs the mini recipe on 2 CPU cores in about 7 minutes (idle machine). Rerunning continues:
+# With no arguments it runs the mini recipe on 2 CPU cores in about 12 minutes (idle machine). Rerunning continues:
 # finished stages are skipped (marker files in EXPDIR/.done/), training resumes from its checkpoints.
 set -euo pipefail
 
@@ -24,7 +25,7 @@ out=exp/mini
 stage=0
 stop_stage=4
 langs=es,de,fr,it,pt,nl
-per_lang=120
+per_lang=200
 speech_init=whisper-base
 cv_root=""
 covost_root=""
@@ -36,6 +37,7 @@ espeak_speed=130
 espeak_gap=4
 max_seconds=6
 beam=5
+baseline_beam=""
 max_new_tokens=48
 overrides_mt=()
 overrides_comsl=()
@@ -49,7 +51,7 @@ Options (defaults in brackets):
   --stage N              first stage to run [0]
   --stop-stage N         last stage to run [4]
   --langs LIST           comma-separated CoVoST codes [es,de,fr,it,pt,nl; real data: all 21]
-  --per-lang N           mini corpus: sentences per language [120]
+  --per-lang N           mini corpus: sentences per language [200]
   --speech-init KIND     mini recipe speech blocks: whisper-base (real, fetched) or tiny (random) [whisper-base]
   --espeak-speed WPM     mini corpus: espeak-ng words per minute [130]
   --espeak-gap N         mini corpus: espeak-ng word gap, 10 ms units [4]
@@ -58,13 +60,15 @@ Options (defaults in brackets):
   --covost-root DIR      real data: directory with covost_v2.<lang>_en.tsv
   --whisper DIR          real data: local Hugging Face Whisper (medium for comsl_medium.yaml)
   --mbart DIR            real data: local mBART-50 many-to-many directory
-  --config-mt FILE       stage-1 config [configs/mini_mt.yaml; real data: configs/mbart_finetune.yaml]
+  --config-mt FILE       stage-1 config [configs/mini_mt.yaml or mini_mt_tiny.yaml; real data: configs/mbart_finetune.yaml]
   --config-comsl FILE    stage-2 config [configs/mini.yaml or mini_tiny.yaml; real data: configs/comsl_medium.yaml]
   --config-medium        stage 2 with configs/comsl_medium.yaml
   --config-large         stage 2 with configs/comsl_large.yaml
   --mt KEY=VALUE         extra override for stage 1 (repeatable), e.g. --mt train.max_steps=100
   --comsl KEY=VALUE      extra override for stage 2 (repeatable)
   --beam N               evaluation beam size [5]
+  --baseline-beam N      beam of the whisper_zero_shot baseline [1 mini (it loops on TTS speech whatever
+                         the beam, and beam 5 costs 4 minutes); real data: --beam]
   --max-new-tokens N     evaluation length cap [48 mini; 200 real data]
 USAGE
 }
@@ -91,6 +95,7 @@ while [[ $# -gt 0 ]]; do
     --mt) overrides_mt+=("$2"); shift 2 ;;
     --comsl) overrides_comsl+=("$2"); shift 2 ;;
     --beam) beam=$2; shift 2 ;;
+    --baseline-beam) baseline_beam=$2; shift 2 ;;
     --max-new-tokens) max_new_tokens=$2; max_new_tokens_given=1; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "run.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
@@ -111,12 +116,16 @@ if [[ -n "$cv_root" || -n "$covost_root" ]]; then
     exit 2
   fi
 fi
+if [[ -z "$baseline_beam" ]]; then
+  if [[ $real_data == 1 ]]; then baseline_beam=$beam; else baseline_beam=1; fi
+fi
 case "$speech_init" in whisper-base|tiny) ;; *) echo "run.sh: --speech-init must be whisper-base or tiny" >&2; exit 2 ;; esac
 
 mkdir -p "$out/.done" "$out/logs"
 data_dir=$out/data
 manifests=$out/manifests
 whisper_dir=$out/pretrained/whisper-base
+text_dir=$out/pretrained/text-whisper  # mini language blocks built from Whisper-base's decoder
 
 # Stage N runs when it is inside [--stage, --stop-stage] and has no marker yet.
 want() { [[ $1 -ge $stage && $1 -le $stop_stage && ! -f $out/.done/$2 ]]; }
@@ -170,14 +179,18 @@ if [[ $real_data == 1 ]]; then
   model_mt=(model.speech_pretrained="$whisper" model.text_pretrained="$mbart")
   model_comsl=(model.speech_pretrained="$whisper" model.text_pretrained="$mbart")
 else
-  config_mt=${config_mt:-configs/mini_mt.yaml}
-  if [[ -z "$config_comsl" ]]; then
-    if [[ $speech_init == whisper-base ]]; then config_comsl=configs/mini.yaml; else config_comsl=configs/mini_tiny.yaml; fi
-  fi
   tokenizer_args=(model.tokenizer="$data_dir/tokenizer")
-  model_mt=()
-  model_comsl=()
-  if [[ $speech_init == whisper-base ]]; then model_comsl=(model.speech_pretrained="$whisper_dir"); fi
+  if [[ $speech_init == whisper-base ]]; then
+    config_mt=${config_mt:-configs/mini_mt.yaml}
+    config_comsl=${config_comsl:-configs/mini.yaml}
+    model_mt=(model.text_pretrained="$text_dir")
+    model_comsl=(model.speech_pretrained="$whisper_dir" model.text_pretrained="$text_dir")
+  else
+    config_mt=${config_mt:-configs/mini_mt_tiny.yaml}
+    config_comsl=${config_comsl:-configs/mini_tiny.yaml}
+    model_mt=()
+    model_comsl=()
+  fi
 fi
 lang_list="[${langs}]"
 text_mt=()
@@ -207,6 +220,10 @@ fi
 # ----------------------------------------------------------------------------- stage 2: stage-1 MT pre-finetune
 if want 2 mt; then
   t0=$(date +%s); snap_cpu; cpu0=$cpu_now
+  if [[ $real_data == 0 && $speech_init == whisper-base && ! -f $text_dir/config.json ]]; then
+    echo "[run.sh] stage 2: language blocks from Whisper-base's decoder over the mini vocabulary -> $text_dir"
+    comsl convert whisper-text "$whisper_dir" "$text_dir" --tokenizer "$data_dir/tokenizer"
+  fi
   echo "[run.sh] stage 2: stage-1 text pre-finetune ($config_mt) -> $out/mt"
   comsl train "$config_mt" "${common[@]}" "${tokenizer_args[@]}" "${model_mt[@]}" "${text_mt[@]}" \
     train.out_dir="$out/mt" "${overrides_mt[@]}"
@@ -234,9 +251,9 @@ if want 4 eval; then
   zs_whisper=""
   if [[ $real_data == 1 ]]; then zs_whisper=$whisper; elif [[ $speech_init == whisper-base ]]; then zs_whisper=$whisper_dir; fi
   if [[ -n "$zs_whisper" ]]; then
-    echo "[run.sh] stage 4: Whisper's own zero-shot X->En translation of the test audio (baseline)"
+    echo "[run.sh] stage 4: Whisper's own zero-shot X->En translation of the test audio (baseline, beam $baseline_beam)"
     python "$here/whisper_zero_shot.py" --whisper "$zs_whisper" --data "$manifests/test.tsv" --langs "$langs" \
-      --beam "$beam" --max-new-tokens "$max_new_tokens" --out "$out/whisper_zero_shot"
+      --beam "$baseline_beam" --max-new-tokens "$max_new_tokens" --out "$out/whisper_zero_shot"
     baselines=(--baseline whisper_zero_shot="$out/whisper_zero_shot")
   fi
   echo "[run.sh] stage 4: evaluating $out/comsl on test"

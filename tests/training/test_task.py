@@ -49,7 +49,7 @@ def records(run: Path) -> list[dict]:
 
 def test_two_stages_log_every_named_part(corpus, tmp_path):
     mt = tmp_path / "mt"
-    assert main(["train", str(ROOT / "configs/mini_mt.yaml"), *TINY, *paths(corpus, mt), "train.max_steps=4",
+    assert main(["train", str(ROOT / "configs/mini_mt_tiny.yaml"), *TINY, *paths(corpus, mt), "train.max_steps=4",
                  "train.eval_every=4", "train.save_every=4"]) == 0
     assert (mt / "final" / "model.safetensors").is_file() and (mt / "final" / "tokenizer.json").is_file()
     steps = [r for r in records(mt) if "loss/total" in r]
@@ -57,7 +57,7 @@ def test_two_stages_log_every_named_part(corpus, tmp_path):
     assert any("dev/bleu_avg" in r for r in records(mt))
 
     st = tmp_path / "comsl"
-    assert main(["train", str(ROOT / "configs/mini.yaml"), *TINY, *paths(corpus, st), "train.max_steps=3",
+    assert main(["train", str(ROOT / "configs/mini_tiny.yaml"), *TINY, *paths(corpus, st), "train.max_steps=3",
                  f"train.init_from={mt / 'final'}", f"train.teacher={mt / 'final'}", ALL_PARTS,
                  "train.speech_trainable=true", "train.cache_frozen_speech=false", "train.eval_every=3",
                  "data.train_sample_utterances=2"]) == 0
@@ -79,9 +79,9 @@ def test_stage_two_starts_from_stage_one_language_blocks(corpus, tmp_path):
     from comsl.training.task import build_task
 
     mt = tmp_path / "mt"
-    assert main(["train", str(ROOT / "configs/mini_mt.yaml"), *TINY, *paths(corpus, mt), "train.max_steps=2",
+    assert main(["train", str(ROOT / "configs/mini_mt_tiny.yaml"), *TINY, *paths(corpus, mt), "train.max_steps=2",
                  "train.eval_every=0"]) == 0
-    cfg = load_config(ROOT / "configs/mini.yaml", [*TINY, *paths(corpus, tmp_path / "st"),
+    cfg = load_config(ROOT / "configs/mini_tiny.yaml", [*TINY, *paths(corpus, tmp_path / "st"),
                                                    f"train.init_from={mt / 'final'}", f"train.teacher={mt / 'final'}"])
     task = build_task(cfg)
     stage1 = ComSLModel.from_pretrained(mt / "final").text_model.state_dict()
@@ -92,9 +92,9 @@ def test_stage_two_starts_from_stage_one_language_blocks(corpus, tmp_path):
 
 def test_unknown_language_and_missing_init_are_clear(corpus, tmp_path, capsys):
     out = tmp_path / "x"
-    assert main(["train", str(ROOT / "configs/mini_mt.yaml"), *TINY, *paths(corpus, out), "data.langs=[fr,ta]",
+    assert main(["train", str(ROOT / "configs/mini_mt_tiny.yaml"), *TINY, *paths(corpus, out), "data.langs=[fr,ta]",
                  "train.max_steps=1"]) == 2
     assert "no utterances for data.langs ta" in capsys.readouterr().err
-    assert main(["train", str(ROOT / "configs/mini.yaml"), *TINY, *paths(corpus, out), "train.max_steps=1",
+    assert main(["train", str(ROOT / "configs/mini_tiny.yaml"), *TINY, *paths(corpus, out), "train.max_steps=1",
                  f"train.init_from={tmp_path / 'nowhere'}", f"train.teacher={tmp_path / 'nowhere'}"]) == 2
     assert "nowhere" in capsys.readouterr().err
