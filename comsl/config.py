@@ -50,7 +50,7 @@ class ModelConfig:
     adapter_dropout: float = 0.1
     """Dropout inside the length adapter."""
 
-    adapter_init: str = "random"
+    adapter_init: Literal["random", "subsample"] = "random"
     """Length adapter start: ``random``, or ``subsample`` (a near pass-through that keeps every 4th speech
     state; for language blocks pretrained on this speech encoder's states, e.g. ``comsl convert
     whisper-text``). ``subsample`` needs equal speech and text widths."""
@@ -463,8 +463,6 @@ def validate(cfg: Any, source: str = "config") -> None:
     for name in ("lambda_st", "lambda_mt", "mask_prob", "label_smoothing"):
         if not 0.0 <= getattr(o, name) <= 1.0:
             errors.append(f"objectives.{name}: must be in [0, 1], got {getattr(o, name)}")
-    if cfg.model.adapter_init not in ("random", "subsample"):
-        errors.append(f"model.adapter_init: must be random or subsample, got {cfg.model.adapter_init!r}")
     if o.erm_layer < 1:
         errors.append(f"objectives.erm_layer: must be >= 1, got {o.erm_layer}")
     if not 0.0 <= t.freeze_speech_fraction <= 1.0:

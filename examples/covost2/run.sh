@@ -8,7 +8,7 @@
 #   3  stage 2    ComSL multi-task training, initialised from stage 1, stage-1 model as frozen MT teacher
 #   4  evaluate   beam search on test: sacreBLEU per language, groups, baselines, report + plot
 #
-# With no arguments it runs the mini recipe on 2 CPU cores in about 12 minutes (idle machine). Rerunning continues:
+# With no arguments it runs the mini recipe on 2 CPU cores in about 12 minutes plus install (idle machine). Rerunning continues:
 # finished stages are skipped (marker files in EXPDIR/.done/), training resumes from its checkpoints.
 set -euo pipefail
 

@@ -118,3 +118,12 @@ def test_cli_and_errors(tiny_hf, tokenizer, tmp_path, capsys):
         whisper_to_mbart(out, tokenizer.name_or_path, tmp_path / "c")  # an mBART directory, not Whisper
     with pytest.raises(CheckpointError, match="has 2 encoder and 2 decoder layers; asked for 3 and 2"):
         whisper_to_mbart(tiny_hf, tokenizer.name_or_path, tmp_path / "d", encoder_layers=3)
+
+
+def test_unknown_adapter_init_is_named(tmp_path):
+    from comsl.config import load_config
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data:\n  train_manifest: x.tsv\n")
+    with pytest.raises(ConfigError, match="model.adapter_init: expected one of 'random' \\| 'subsample', got 'pool'"):
+        load_config(cfg, ["model.adapter_init=pool"])
