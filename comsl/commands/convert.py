@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from comsl.errors import CheckpointError
+from comsl.errors import CheckpointError, ConfigError
 
 FORMATS = ("ct2-whisper", "whisper-text")
 
@@ -40,7 +40,6 @@ def run(args) -> int:
     if (args.out_dir / "config.json").exists() and not args.overwrite:
         raise CheckpointError(f"{args.out_dir}: already holds a model (config.json); pass --overwrite to replace it")
     if args.format == "whisper-text":
-        from comsl.errors import ConfigError
         from comsl.pretrained.whisper_text import whisper_to_mbart
 
         if args.tokenizer is None:

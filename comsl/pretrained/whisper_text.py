@@ -37,8 +37,8 @@ from pathlib import Path
 
 import torch
 
-from comsl.errors import CheckpointError
 from comsl.data.tokenizer import MBART50_CODES
+from comsl.errors import CheckpointError
 from comsl.languages import EXTRA_MODEL_CODES, TARGET_CODE
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class TextFromWhisperSummary:
                 f"{self.vocab_size} ({self.exact_pieces} pieces are one Whisper token, the rest averaged)")
 
 
-def _whisper_token_ids(tokenizer_json: Path):
+def _whisper_tokenizer(tokenizer_json: Path):
     from tokenizers import Tokenizer
 
     if not tokenizer_json.is_file():
@@ -146,7 +146,7 @@ def whisper_to_mbart(whisper_dir: str | os.PathLike, tokenizer_dir: str | os.Pat
         forced_eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True,
     )
     model = MBartForConditionalGeneration(cfg)
-    embed, exact = transfer_embeddings(state["decoder.embed_tokens.weight"], _whisper_token_ids(
+    embed, exact = transfer_embeddings(state["decoder.embed_tokens.weight"], _whisper_tokenizer(
         whisper_dir / "tokenizer.json"), tokenizer)
 
     new: dict[str, torch.Tensor] = {"model.shared.weight": embed}
