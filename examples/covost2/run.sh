@@ -220,9 +220,10 @@ fi
 # ----------------------------------------------------------------------------- stage 2: stage-1 MT pre-finetune
 if want 2 mt; then
   t0=$(date +%s); snap_cpu; cpu0=$cpu_now
-  if [[ $real_data == 0 && $speech_init == whisper-base && ! -f $text_dir/config.json ]]; then
+  if [[ $real_data == 0 && $speech_init == whisper-base ]]; then
+    # rebuilt whenever this stage runs (seconds, deterministic): a redone data stage means a new vocabulary
     echo "[run.sh] stage 2: language blocks from Whisper-base's decoder over the mini vocabulary -> $text_dir"
-    comsl convert whisper-text "$whisper_dir" "$text_dir" --tokenizer "$data_dir/tokenizer"
+    comsl convert whisper-text "$whisper_dir" "$text_dir" --tokenizer "$data_dir/tokenizer" --overwrite
   fi
   echo "[run.sh] stage 2: stage-1 text pre-finetune ($config_mt) -> $out/mt"
   comsl train "$config_mt" "${common[@]}" "${tokenizer_args[@]}" "${model_mt[@]}" "${text_mt[@]}" \
