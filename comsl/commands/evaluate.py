@@ -55,8 +55,8 @@ def _baseline_dirs(values: list[str]) -> dict[str, str]:
 
 
 def run(args) -> int:
-    from evaluation.decode import DecodeConfig
-    from evaluation.evaluate import evaluate
+    from comsl.evaluation.decode import DecodeConfig
+    from comsl.evaluation.evaluate import evaluate
 
     config = DecodeConfig(
         task=args.task, beam=args.beam, max_new_tokens=args.max_new_tokens, length_penalty=args.length_penalty,

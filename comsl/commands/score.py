@@ -7,7 +7,7 @@ from argparse import Namespace
 
 from sacrebleu.utils import print_single_results
 
-from evaluation.scoring import corpus_wer, read_lines, score_files, wer_signature
+from comsl.evaluation.scoring import corpus_wer, read_lines, score_files, wer_signature
 
 
 def register(sub) -> None:

@@ -23,8 +23,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from evaluation.decode import DecodeConfig
-    from evaluation.evaluate import translate_files
+    from comsl.evaluation.decode import DecodeConfig
+    from comsl.evaluation.evaluate import translate_files
 
     try:
         lang = normalize_lang(args.src_lang)

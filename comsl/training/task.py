@@ -41,7 +41,7 @@ from comsl.models.speech_cache import cache_speech_encoder
 from comsl.objectives import ComSLMultiTaskLoss
 from comsl.training.checkpoint import seed_everything
 from comsl.training.engine import dist_info
-from evaluation.checkpoint import resolve_checkpoint
+from comsl.evaluation.checkpoint import resolve_checkpoint
 
 
 @dataclass(kw_only=True)
@@ -164,8 +164,8 @@ def _manifest_entries(path: str, langs: list[str]) -> list[dict]:
 def _evaluator(cfg: ExperimentConfig, tokenizer, speech: bool):
     """Periodic dev BLEU (greedy or ``train.eval_beam``), plus BLEU on a fixed sample of training
     utterances (``data.train_sample_utterances``) to see whether the model uses its input at all."""
-    from evaluation.decode import DecodeConfig
-    from evaluation.dev import DevEvaluator, TextDevEvaluator
+    from comsl.evaluation.decode import DecodeConfig
+    from comsl.evaluation.dev import DevEvaluator, TextDevEvaluator
 
     if not cfg.data.dev_manifest:
         return None

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from comsl.data.audio import load_audio
 from comsl.errors import ComSLError
-from evaluation.decode import read_utterances
-from evaluation.whisper_baseline import whisper_zero_shot
+from comsl.evaluation.decode import read_utterances
+from comsl.evaluation.whisper_baseline import whisper_zero_shot
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""evaluation/baselines.py: the constant baseline picks the best single sentence, scored exactly."""
+"""comsl/evaluation/baselines.py: the constant baseline picks the best single sentence, scored exactly."""
 
 import random
 
@@ -6,7 +6,7 @@ import pytest
 import sacrebleu
 
 from comsl.errors import DataError
-from evaluation.baselines import (
+from comsl.evaluation.baselines import (
     _ConstantScorer, best_constant_sentence, constant_baseline, load_baseline_hypotheses, score_baseline,
 )
 

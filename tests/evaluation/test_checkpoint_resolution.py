@@ -1,4 +1,4 @@
-"""evaluation/checkpoint.py: which directory evaluate loads, and the errors otherwise."""
+"""comsl/evaluation/checkpoint.py: which directory evaluate loads, and the errors otherwise."""
 
 import json
 import os
@@ -6,7 +6,7 @@ import os
 import pytest
 
 from comsl.errors import CheckpointError
-from evaluation.checkpoint import COMPLETE_MARKER, resolve_checkpoint
+from comsl.evaluation.checkpoint import COMPLETE_MARKER, resolve_checkpoint
 
 
 def make_model_dir(path, model_type="comsl"):

@@ -1,9 +1,9 @@
-"""evaluation/decode.py: batching, manifest reading and settings validation (no model needed)."""
+"""comsl/evaluation/decode.py: batching, manifest reading and settings validation (no model needed)."""
 
 import pytest
 
 from comsl.errors import ComSLError, DataError
-from evaluation.decode import DecodeConfig, make_batches, manifest_path, read_utterances
+from comsl.evaluation.decode import DecodeConfig, make_batches, manifest_path, read_utterances
 
 COLUMNS = "id\taudio\tn_samples\tduration\tsrc_lang\ttgt_lang\ttranscript\ttranslation\n"
 

@@ -138,8 +138,8 @@ def test_checkpoint_errors_are_one_line(tmp_path, capsys):
 def test_dev_evaluator_matches_evaluate(run_dir, tmp_path):
     from comsl.data.tokenizer import load_tokenizer
     from comsl.models.composite import ComSLModel
-    from evaluation.decode import DecodeConfig
-    from evaluation.dev import DevEvaluator
+    from comsl.evaluation.decode import DecodeConfig
+    from comsl.evaluation.dev import DevEvaluator
 
     model_dir = run_dir / "run" / "checkpoints" / "step_2" / "model"
     config = DecodeConfig(beam=2, max_new_tokens=6, batch_seconds=4)

@@ -1,13 +1,13 @@
-"""evaluation/report.py: every output file is written, consistent, and the PNG is a real image."""
+"""comsl/evaluation/report.py: every output file is written, consistent, and the PNG is a real image."""
 
 import json
 
 import matplotlib.image as mpimg
 import pytest
 
-from evaluation.baselines import constant_baseline, score_baseline
-from evaluation.report import format_table, ordered_langs, print_table, write_report
-from evaluation.scoring import score_files, score_languages
+from comsl.evaluation.baselines import constant_baseline, score_baseline
+from comsl.evaluation.report import format_table, ordered_langs, print_table, write_report
+from comsl.evaluation.scoring import score_files, score_languages
 
 REFS = {
     "de": ["the house is very big .", "i like green tea ."],

@@ -1,4 +1,4 @@
-"""evaluation/scoring.py: sacreBLEU parity, WER, group averages."""
+"""comsl/evaluation/scoring.py: sacreBLEU parity, WER, group averages."""
 
 import math
 
@@ -7,8 +7,8 @@ import sacrebleu
 from sacrebleu.metrics import BLEU, CHRF
 
 from comsl.errors import ComSLError, DataError
-from evaluation.paper import COMSL_LARGE_BLEU, PAPER_GROUPS
-from evaluation.scoring import (
+from comsl.evaluation.paper import COMSL_LARGE_BLEU, PAPER_GROUPS
+from comsl.evaluation.scoring import (
     bleu_tokenizer_for, corpus_bleu, corpus_chrf, corpus_wer, edit_distance, group_averages,
     normalize_for_wer, read_lines, score_files, score_languages,
 )

@@ -143,7 +143,7 @@ def test_real_whisper_base_transcribes_espeak_english_exactly(tmp_path):
         pytest.skip("espeak-ng is not installed")
     from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperTokenizer
 
-    from evaluation.whisper_baseline import whisper_zero_shot
+    from comsl.evaluation.whisper_baseline import whisper_zero_shot
 
     out = fetch_model("whisper-base", tmp_path / "whisper-base")
     assert "Copyright (c) 2022 OpenAI" in (out / "LICENSE").read_text()

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from comsl.errors import CheckpointError, DataError
-from evaluation.whisper_baseline import whisper_language, whisper_zero_shot
+from comsl.evaluation.whisper_baseline import whisper_language, whisper_zero_shot
 
 
 def test_covost_codes_map_to_whisper_codes():

@@ -19,9 +19,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from comsl.languages import GROUPS, normalize_lang
-from evaluation.baselines import BaselineResult
-from evaluation.paper import COMSL_LARGE_BLEU, COMSL_LARGE_GROUPS, COMSL_LARGE_NAME
-from evaluation.scoring import GROUP_NAMES, Scores, clean_segment
+from comsl.evaluation.baselines import BaselineResult
+from comsl.evaluation.paper import COMSL_LARGE_BLEU, COMSL_LARGE_GROUPS, COMSL_LARGE_NAME
+from comsl.evaluation.scoring import GROUP_NAMES, Scores, clean_segment
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"

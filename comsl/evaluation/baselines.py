@@ -23,7 +23,7 @@ from sacrebleu.metrics.helpers import extract_all_word_ngrams
 from tqdm import tqdm
 
 from comsl.errors import DataError
-from evaluation.scoring import Scores, bleu_tokenizer_for, read_lines, score_languages
+from comsl.evaluation.scoring import Scores, bleu_tokenizer_for, read_lines, score_languages
 
 MAX_ORDER = 4
 

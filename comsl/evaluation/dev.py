@@ -12,8 +12,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from evaluation.decode import DecodeConfig, Decoder, Utterance, read_utterances
-from evaluation.scoring import score_languages
+from comsl.evaluation.decode import DecodeConfig, Decoder, Utterance, read_utterances
+from comsl.evaluation.scoring import score_languages
 
 
 class DevEvaluator:
@@ -89,7 +89,7 @@ class TextDevEvaluator:
 def dev_scores(utts: Sequence[Utterance], hyps: Sequence[str], task: str) -> dict:
     """The trainer's ``evaluate_fn`` result for hypotheses aligned with ``utts``: BLEU/chrF per language,
     the paper's groups, and ``avg`` (scored exactly like ``comsl evaluate``)."""
-    from evaluation.evaluate import group_by_lang
+    from comsl.evaluation.evaluate import group_by_lang
 
     scores = score_languages(group_by_lang(utts, hyps), group_by_lang(utts, [u.reference(task) for u in utts]), task)
     return {"bleu": scores.bleu, "chrf": scores.chrf, "avg": scores.groups["Avg"], "groups": scores.groups}

@@ -181,7 +181,7 @@ class Decoder:
         """Load the model and tokenizer of ``checkpoint`` (see evaluation.checkpoint.resolve_checkpoint)."""
         from comsl.data.tokenizer import load_tokenizer
         from comsl.models.composite import ComSLModel
-        from evaluation.checkpoint import resolve_checkpoint
+        from comsl.evaluation.checkpoint import resolve_checkpoint
 
         model_dir = resolve_checkpoint(checkpoint)
         try:
