@@ -20,6 +20,14 @@ TARGET_CODE = "en_XX"
 # Codes mBART-50 lacks: added to the tokenizer as special tokens (embeddings resized).
 EXTRA_MODEL_CODES: tuple[str, ...] = ("ca_ES", "cy_GB")
 
+
+def base_code(lang: str) -> str:
+    """The language without its region or script, lower-case: ``zh-CN`` / ``zh_CN`` / ``ja_XX`` / ``sv-SE``
+    -> ``zh`` / ``zh`` / ``ja`` / ``sv``; a bare code is returned lower-cased (``fr``, ``cy``). This is
+    Whisper's language code and M2M100's, and what picks sacreBLEU's tokenizer."""
+    return lang.replace("_", "-").split("-")[0].lower()
+
+
 # NLLB / M2M100 use different code schemes; the text-model wrapper maps through these.
 MODEL_TO_NLLB: dict[str, str] = {
     "fr_XX": "fra_Latn", "de_DE": "deu_Latn", "es_XX": "spa_Latn", "ca_ES": "cat_Latn",
@@ -29,7 +37,7 @@ MODEL_TO_NLLB: dict[str, str] = {
     "sl_SI": "slv_Latn", "ta_IN": "tam_Taml", "ja_XX": "jpn_Jpan", "id_ID": "ind_Latn",
     "cy_GB": "cym_Latn", "en_XX": "eng_Latn",
 }
-MODEL_TO_M2M100: dict[str, str] = {code: f"__{code.split('_')[0]}__" for code in MODEL_TO_NLLB}
+MODEL_TO_M2M100: dict[str, str] = {code: f"__{base_code(code)}__" for code in MODEL_TO_NLLB}
 
 # The paper's resource groups (Table 1).
 GROUPS: dict[str, tuple[str, ...]] = {
@@ -73,17 +81,3 @@ def parse_langs(spec: str | list[str] | tuple[str, ...]) -> list[str]:
         if code not in out:
             out.append(code)
     return out
-
-
-def model_code(lang: str) -> str:
-    """Model language code (mBART-50 style) for a CoVoST code or alias."""
-    return COVOST_TO_MODEL[normalize_lang(lang)]
-
-
-def group_of(lang: str) -> str:
-    """The paper's resource group (High/Med/Low) of a CoVoST language."""
-    lang = normalize_lang(lang)
-    for name, members in GROUPS.items():
-        if lang in members:
-            return name
-    raise AssertionError(f"{lang} is in no group")  # every language is in exactly one

@@ -8,12 +8,11 @@ Inputs (per source language ``<lang>``, CoVoST file-name codes such as ``fr``, `
   the CoVoST file has no ``sentence`` column (as in the official release).
 
 Every clip is validated; each skipped one is counted under one reason and listed in
-``<out>/prepare_report.json``. Outputs ``<out>/{train,dev,test}.tsv`` (see MANIFEST_COLUMNS).
+``<out>/prepare_report.json``. Outputs ``<out>/{train,dev,test}.tsv`` (see comsl.data.manifest).
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -27,6 +26,7 @@ import soundfile as sf
 from tqdm import tqdm
 
 from comsl.data.audio import SAMPLING_RATE, num_samples_at
+from comsl.data.manifest import read_tsv, write_manifest
 from comsl.errors import DataError
 from comsl.languages import ALL_LANGS, TARGET_LANG
 
@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "dev", "test")
 # CoVoST's split column: "train_covost" rows are the extra training rows of its larger train set.
 SPLIT_ALIASES = {"train": "train", "train_covost": "train", "dev": "dev", "test": "test"}
-MANIFEST_COLUMNS = ("id", "audio", "n_samples", "duration", "src_lang", "tgt_lang", "transcript", "translation")
 # Skip reasons, in the order the report table shows them.
 REASONS = ("missing_audio", "decode_error", "empty_transcript", "empty_translation", "too_short",
            "too_long", "duplicate")
@@ -83,34 +82,6 @@ class Row:
 def clean_text(text: str | None) -> str:
     """Collapse whitespace (tabs/newlines would break the TSV) and strip."""
     return " ".join((text or "").split())
-
-
-def read_tsv(path: str, required: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
-    """Read a tab-separated file with a header, the way fairseq does (QUOTE_NONE: quotes are text).
-
-    Returns (line number, row dict) pairs. Raises DataError with ``file:line`` for a missing header
-    column or a row whose number of fields differs from the header's.
-    """
-    out = []
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = next(reader, None)
-        if header is None:
-            raise DataError(f"{path}:1: empty file, expected a header with columns {', '.join(required)}")
-        header = [h.strip() for h in header]
-        for col in required:
-            if col not in header:
-                raise DataError(f"{path}:1: missing column {col!r} (header has: {', '.join(header)})")
-        for fields in reader:
-            if not fields or (len(fields) == 1 and not fields[0].strip()):
-                continue  # blank line
-            if len(fields) != len(header):
-                raise DataError(
-                    f"{path}:{reader.line_num}: expected {len(header)} tab-separated fields "
-                    f"({', '.join(header)}), got {len(fields)}; fix or remove the row"
-                )
-            out.append((reader.line_num, dict(zip(header, fields))))
-    return out
 
 
 def covost_files(covost_root: str, lang: str) -> dict[str, str] | str:
@@ -206,34 +177,6 @@ def _probe_all(paths: list[str], full_decode: bool, num_workers: int) -> list[tu
         return [probe_clip(*j) for j in tqdm(jobs, **bar)]
     with ProcessPoolExecutor(num_workers, mp_context=get_context("spawn")) as pool:
         return list(tqdm(pool.map(_probe_star, jobs, chunksize=16), **bar))
-
-
-def write_manifest(path: str, entries: list[dict]) -> None:
-    """Write a manifest TSV (MANIFEST_COLUMNS, header, QUOTE_NONE; text already free of tabs/newlines)."""
-    with open(path, "w", encoding="utf-8", newline="") as f:
-        # quotechar=None: quotes are plain text, as in the CoVoST TSVs.
-        w = csv.writer(f, delimiter="\t", quoting=csv.QUOTE_NONE, quotechar=None, lineterminator="\n")
-        w.writerow(MANIFEST_COLUMNS)
-        for e in entries:
-            w.writerow([e[c] for c in MANIFEST_COLUMNS])
-
-
-def read_manifest(path: str) -> list[dict]:
-    """Read a manifest written by ``write_manifest``; ``n_samples`` as int, ``duration`` as float.
-
-    Raises DataError with ``file:line`` on a malformed row or a missing column.
-    """
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: manifest not found; create it with 'comsl prepare covost2'")
-    out = []
-    for line, r in read_tsv(path, MANIFEST_COLUMNS):
-        try:
-            r["n_samples"] = int(r["n_samples"])
-            r["duration"] = float(r["duration"])
-        except ValueError as err:
-            raise DataError(f"{path}:{line}: bad n_samples/duration ({err})") from err
-        out.append(r)
-    return out
 
 
 def prepare_covost2(cfg: PrepareConfig) -> dict:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from comsl.data.audio import SAMPLING_RATE, load_audio
-from comsl.data.covost2 import read_manifest
+from comsl.data.manifest import read_manifest
 from comsl.data.tokenizer import encode, lang_id
 from comsl.errors import DataError
 from comsl.languages import TARGET_LANG

@@ -10,9 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from comsl.data.audio import SAMPLING_RATE
 from comsl.errors import ConfigError
-
-SAMPLING_RATE = 16000
 
 
 class WhisperLogMel(nn.Module):

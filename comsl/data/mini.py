@@ -21,7 +21,6 @@ unless disabled, ``tokenizer/`` (sentencepiece trained on the train split's text
 
 from __future__ import annotations
 
-import csv
 import gettext
 import glob
 import hashlib
@@ -43,6 +42,7 @@ import soundfile as sf
 import soxr
 from tqdm import tqdm
 
+from comsl.data.manifest import write_manifest
 from comsl.errors import ConfigError, DataError
 from comsl.languages import ALL_LANGS, TARGET_LANG
 
@@ -389,13 +389,6 @@ def synthesize(job: tuple[str, str, str, int, int]) -> tuple[int, str]:
 
 # --------------------------------------------------------------------------- build
 
-def _write_tsv(path: str, header: list[str], rows: list[list]) -> None:
-    with open(path, "w", encoding="utf-8", newline="") as f:
-        w = csv.writer(f, delimiter="\t", quoting=csv.QUOTE_NONE, quotechar=None, lineterminator="\n")
-        w.writerow(header)
-        w.writerows(rows)
-
-
 def _check_langs(langs: list[str]) -> list[str]:
     voiced = []
     for lang in langs:
@@ -453,11 +446,11 @@ def build_mini(cfg: MiniConfig) -> dict:
     for lang in langs:
         cv_rows = [[CLIENT_ID, name, src, 2, 0, "", "", ""]
                    for name, src in [(r[0], r[1]) for r in rows[lang]] + extra[lang]]
-        _write_tsv(os.path.join(cfg.out, lang, "validated.tsv"),
-                   ["client_id", "path", "sentence", "up_votes", "down_votes", "age", "gender", "accent"], cv_rows)
-        _write_tsv(os.path.join(cfg.out, f"covost_v2.{lang}_{TARGET_LANG}.tsv"),
-                   ["path", "sentence", "translation", "client_id", "split"],
-                   [[name, src, en, CLIENT_ID, split] for name, src, en, split in rows[lang]])
+        write_manifest(os.path.join(cfg.out, lang, "validated.tsv"), cv_rows,
+                       ["client_id", "path", "sentence", "up_votes", "down_votes", "age", "gender", "accent"])
+        write_manifest(os.path.join(cfg.out, f"covost_v2.{lang}_{TARGET_LANG}.tsv"),
+                       [[name, src, en, CLIENT_ID, split] for name, src, en, split in rows[lang]],
+                       ["path", "sentence", "translation", "client_id", "split"])
         report["languages"][lang] = {
             s: {"clips": sum(r[3] == s for r in rows[lang]),
                 "hours": round(sum(samples[os.path.join(cfg.out, lang, "clips", r[0])] for r in rows[lang]

@@ -9,7 +9,6 @@ builds it from a model directory), so this module needs no model code.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -17,7 +16,8 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
-from comsl.data.covost2 import clean_text, covost_files, read_tsv
+from comsl.data.covost2 import clean_text, covost_files
+from comsl.data.manifest import read_tsv, write_manifest
 from comsl.errors import DataError
 from comsl.languages import TARGET_LANG
 
@@ -78,11 +78,8 @@ def pseudo_label(cfg: PseudoConfig, translate: Translator) -> dict:
             for i, t in zip(idx, outs):
                 translations[i] = clean_text(t)
         path = os.path.join(cfg.out, f"covost_v2.{lang}_{TARGET_LANG}.tsv")
-        with open(path, "w", encoding="utf-8", newline="") as f:
-            w = csv.writer(f, delimiter="\t", quoting=csv.QUOTE_NONE, quotechar=None, lineterminator="\n")
-            w.writerow(["path", "sentence", "translation", "client_id", "split"])
-            for c, t in zip(clips, translations):
-                w.writerow([c["path"], c["sentence"], t, c["client_id"], "train"])
+        write_manifest(path, [[c["path"], c["sentence"], t, c["client_id"], "train"] for c, t in zip(clips, translations)],
+                       columns=("path", "sentence", "translation", "client_id", "split"))
         report[lang] = {"labelled": len(clips), "empty_translation": sum(not t for t in translations)}
     with open(os.path.join(cfg.out, "pseudo_report.json"), "w", encoding="utf-8") as f:
         json.dump(report, f, indent=1)

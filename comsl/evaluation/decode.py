@@ -19,13 +19,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from comsl.data.audio import SAMPLING_RATE
 from comsl.errors import CheckpointError, ComSLError, DataError
 from comsl.languages import TARGET_CODE, normalize_lang, parse_langs
 
 log = logging.getLogger(__name__)
 
 TASKS = ("st", "asr")
-SAMPLING_RATE = 16000
 
 
 @dataclass(kw_only=True)
@@ -105,7 +105,7 @@ def read_utterances(path: str | os.PathLike, langs: Iterable[str] | None = None)
     Relative audio paths are taken relative to the manifest's directory. Raises DataError with
     ``file:line`` for malformed rows and when no row is left after the language filter.
     """
-    from comsl.data.covost2 import read_manifest
+    from comsl.data.manifest import read_manifest
 
     path = Path(path)
     wanted = set(parse_langs(list(langs))) if langs else None

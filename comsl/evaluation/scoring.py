@@ -18,7 +18,7 @@ from sacrebleu.metrics import BLEU, CHRF
 from sacrebleu.metrics.base import Score
 
 from comsl.errors import ComSLError, DataError
-from comsl.languages import GROUPS, normalize_lang
+from comsl.languages import GROUPS, base_code, normalize_lang
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +32,7 @@ _CHARACTER_LEVEL = {"zh", "ja"}
 
 def _base_lang(lang: str | None) -> str:
     """'zh-CN' / 'zh_CN' / 'ja_XX' -> 'zh' / 'ja'; None -> 'en'."""
-    if not lang:
-        return "en"
-    return lang.replace("_", "-").split("-")[0].lower()
+    return base_code(lang) if lang else "en"
 
 
 def bleu_tokenizer_for(lang: str | None) -> str:

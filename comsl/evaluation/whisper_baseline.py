@@ -14,15 +14,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from comsl.data.audio import SAMPLING_RATE
 from comsl.errors import CheckpointError, DataError
-
-SAMPLING_RATE = 16000
+from comsl.languages import base_code
 
 
 def whisper_language(covost_lang: str) -> str:
     """Whisper's language code for a CoVoST code: the part before the region (``zh-CN`` -> ``zh``,
     ``sv-SE`` -> ``sv``); codes without a region are already Whisper codes (``fr``, ``cy``)."""
-    return covost_lang.split("-")[0].split("_")[0].lower()
+    return base_code(covost_lang)
 
 
 def _load(model_dir: Path, device: str):

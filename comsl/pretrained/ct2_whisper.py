@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from comsl.data.audio import SAMPLING_RATE
 from comsl.errors import CheckpointError
 from comsl.pretrained.ct2_format import CT2Model, read_ct2_model
 
@@ -44,7 +45,6 @@ KNOWN_MODELS = {WHISPER_BASE_MODEL_SHA256: "OpenAI Whisper base (multilingual), 
 #: Written last into a converted directory; its presence marks a complete conversion.
 CONVERSION_MARKER = "comsl_conversion.json"
 
-SAMPLING_RATE = 16000
 HOP_LENGTH = 160
 N_FFT = 400
 TIME_PRECISION = 0.02  # seconds per Whisper timestamp token

@@ -39,7 +39,7 @@ import torch
 
 from comsl.data.tokenizer import MBART50_CODES
 from comsl.errors import CheckpointError
-from comsl.languages import EXTRA_MODEL_CODES, TARGET_CODE
+from comsl.languages import EXTRA_MODEL_CODES, TARGET_CODE, base_code
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def transfer_embeddings(whisper_embed: torch.Tensor, whisper_tok, tokenizer) -> 
             ids = [] if target is None else [whisper_tok.token_to_id(target)]
         elif piece in LANGUAGE_CODES:
             # an mBART-50 language code such as es_XX / zh_CN -> Whisper's <|es|> / <|zh|>
-            wid = whisper_tok.token_to_id(f"<|{piece.split('_')[0]}|>")
+            wid = whisper_tok.token_to_id(f"<|{base_code(piece)}|>")
             ids = [] if wid is None else [wid]
         else:
             ids = whisper_tok.encode(piece.replace("\u2581", " "), add_special_tokens=False).ids

@@ -29,7 +29,7 @@ from torch import nn
 
 from comsl.config import ExperimentConfig, ObjectiveConfig
 from comsl.data.batching import Collator, LengthBucketSampler
-from comsl.data.covost2 import read_manifest
+from comsl.data.manifest import read_manifest
 from comsl.data.dataset import SpeechDataset, TextPairDataset
 from comsl.data.features import build_frontend
 from comsl.data.tokenizer import load_tokenizer

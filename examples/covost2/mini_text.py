@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 
 from comsl.data import mini
-from comsl.data.covost2 import clean_text, read_manifest, write_manifest
+from comsl.data.covost2 import clean_text
+from comsl.data.manifest import read_manifest, write_manifest
 from comsl.errors import ComSLError, DataError
 from comsl.languages import parse_langs
 

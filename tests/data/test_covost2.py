@@ -5,7 +5,8 @@ import pytest
 import soundfile as sf
 
 from comsl.cli import main
-from comsl.data.covost2 import PrepareConfig, prepare_covost2, read_manifest
+from comsl.data.covost2 import PrepareConfig, prepare_covost2
+from comsl.data.manifest import read_manifest
 from comsl.errors import DataError
 
 

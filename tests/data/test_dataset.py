@@ -4,7 +4,7 @@ import soundfile as sf
 from torch.utils.data import DataLoader
 
 from comsl.data.batching import Collator, LengthBucketSampler
-from comsl.data.covost2 import write_manifest
+from comsl.data.manifest import write_manifest
 from comsl.data.dataset import SpeechDataset, TextPairDataset
 from comsl.data.features import build_frontend
 from comsl.data.tokenizer import encode, lang_id, train_tokenizer

@@ -4,7 +4,7 @@ import hashlib
 import pytest
 
 from comsl.cli import main
-from comsl.data.covost2 import read_manifest
+from comsl.data.manifest import read_manifest
 from comsl.data.mini import (MiniConfig, build_mini, catalog_pairs, cluster_sentences, fill_placeholders,
                              parse_po, placeholder_values, split_sentences, tts_text)
 from comsl.data.tokenizer import encode, load_tokenizer

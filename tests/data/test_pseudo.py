@@ -1,7 +1,7 @@
 import csv
 
 from comsl.cli import main
-from comsl.data.covost2 import read_manifest
+from comsl.data.manifest import read_manifest
 from comsl.data.mini import MiniConfig, build_mini
 from comsl.data.pseudo import PseudoConfig, extra_clips, pseudo_label
 

@@ -28,7 +28,7 @@ UTTS = [  # (lang, transcript, translation)
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     from comsl.config import ModelConfig
-    from comsl.data.covost2 import write_manifest
+    from comsl.data.manifest import write_manifest
     from comsl.data.tokenizer import train_tokenizer
     from comsl.models.build import TINY_SPEECH_ARCH, TINY_TEXT_ARCH, build_model
 
