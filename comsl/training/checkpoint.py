@@ -215,8 +215,28 @@ def export_model(model: nn.Module, target: Path, tokenizer: Any = None) -> None:
         shutil.rmtree(old)
 
 
+def load_torch_state(path: Path | str, map_location: Any = "cpu", allowed: list[type] = ()) -> Any:
+    """``torch.load(path, weights_only=True)``: tensors, containers and the ``allowed`` classes only, so a
+    planted pickle runs nothing. Raises CheckpointError naming the file when it is refused or corrupt."""
+    try:
+        with torch.serialization.safe_globals(list(allowed)):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # pickle.UnpicklingError, RuntimeError (zip), EOFError (empty), OSError
+        raise CheckpointError(f"{path}: cannot be loaded ({_reason(err)}); it is corrupt or holds objects "
+                              "other than tensors (nothing from it was run)") from err
+
+
+def _reason(err: Exception) -> str:
+    """The informative line of a torch.load error (its first lines are generic advice)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith("WeightsUnpickler error:"):
+            return line.removeprefix("WeightsUnpickler error:").strip().split(". Please use")[0]
+    return lines[0][:200] if lines else type(err).__name__
+
+
 def load_rank_state(ckpt: Path, rank: int) -> dict | None:
     path = ckpt / f"rank_{rank}.pt"
     if not path.is_file():
         return None
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return load_torch_state(path)

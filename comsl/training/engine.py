@@ -26,6 +26,7 @@ from torch import nn
 
 from comsl.config import OptimConfig, TrainConfig
 from comsl.errors import CheckpointError, ConfigError
+from comsl.training.checkpoint import load_torch_state
 
 log = logging.getLogger(__name__)
 
@@ -265,7 +266,7 @@ class TorchEngine(Engine):
         missing, unexpected = load_model(self.model, str(path), strict=False, device=str(self.device))
         if missing or unexpected:
             raise CheckpointError(f"{path}: missing keys {sorted(missing)}; unexpected keys {sorted(unexpected)}")
-        state = torch.load(ckpt_dir / "optimizer.pt", map_location=self.device, weights_only=True)
+        state = load_torch_state(ckpt_dir / "optimizer.pt", map_location=self.device)
         self.optimizer.load_state_dict(state)
 
     def extra_state(self):
@@ -344,6 +345,7 @@ class DeepSpeedEngine(Engine):
         optimizer = torch.optim.AdamW(param_groups, betas=tuple(optim.betas), eps=optim.eps)
         self.ds, self.optimizer, _, _ = deepspeed.initialize(
             model=LossModule(model, loss_fn), optimizer=optimizer, config=self.config)
+        self.ds.checkpoint_engine = _weights_only_checkpoint_engine(self.ds)
         self.model = model
         self.device = self.ds.device if isinstance(self.ds.device, torch.device) else torch.device(self.ds.device)
         self.float_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(train.precision)
@@ -392,6 +394,34 @@ class DeepSpeedEngine(Engine):
                                           load_lr_scheduler_states=False, load_module_strict=True)
         if path is None:
             raise CheckpointError(f"{ckpt_dir}: DeepSpeed could not load its checkpoint")
+
+
+def _deepspeed_state_classes() -> list[type]:
+    """DeepSpeed's own classes inside its ZeRO optimizer state files (every precision, stages 0-3)."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+def _weights_only_checkpoint_engine(ds):
+    """DeepSpeed's torch checkpoint engine, loading with ``weights_only=True`` instead of unpickling
+    arbitrary objects (DeepSpeed 0.19 passes ``weights_only=False``: a planted file would run code).
+    Only tensors, containers and :func:`_deepspeed_state_classes` are accepted."""
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+
+    if type(ds.checkpoint_engine) is not TorchCheckpointEngine:
+        raise ConfigError(f"train.deepspeed_config: checkpoint engine {type(ds.checkpoint_engine).__name__} is "
+                          "not supported (comsl loads DeepSpeed state only through the torch checkpoint engine); "
+                          "remove the checkpoint writer/datastates settings")
+    allowed = _deepspeed_state_classes()
+
+    class WeightsOnlyCheckpointEngine(TorchCheckpointEngine):
+        def load(self, path, map_location=None):
+            return load_torch_state(path, map_location=map_location, allowed=allowed)
+
+    return WeightsOnlyCheckpointEngine(ds._config)
 
 
 def build_engine(model: nn.Module, loss_fn: LossFn, param_groups: list[dict], *, optim: OptimConfig,

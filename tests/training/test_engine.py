@@ -15,8 +15,7 @@ from comsl.config import OptimConfig, TrainConfig
 from comsl.training.engine import deepspeed_config
 from comsl.training.logging import read_metrics
 
-from .test_trainer import assert_same_run, fit, losses, params
-from .tiny_task import clean_env
+from .tiny_task import TinyModel, assert_same_run, clean_env, fit, losses, params
 
 SCRIPT = Path(__file__).with_name("tiny_task.py")
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "deepspeed"
@@ -52,7 +51,6 @@ def test_zero_stage_trains_checkpoints_and_resumes(tmp_path, stage):
     _, rest = fit(tmp_path / "b", **kw)
     assert (half.step, rest.resumed_from, rest.step) == (2, 2, 4)
     assert losses(tmp_path / "a") == losses(tmp_path / "b")
-    from .tiny_task import TinyModel
     exported = TinyModel.from_pretrained(str(tmp_path / "b" / "final"))
     ref = TinyModel.from_pretrained(str(tmp_path / "a" / "final"))
     for k, v in exported.state_dict().items():

@@ -16,34 +16,9 @@ from comsl.training import checkpoint as ckpt
 from comsl.training.logging import read_metrics
 from comsl.training.trainer import Trainer
 
-from .tiny_task import TinyModel, clean_env, configs, make_task
+from .tiny_task import TinyModel, assert_same_run, clean_env, configs, fit, losses, make_task, params
 
 SCRIPT = Path(__file__).with_name("tiny_task.py")
-
-
-def fit(out: Path, task=None, **kw):
-    task = task or make_task(record=out / "batches_rank0.jsonl")
-    out.mkdir(parents=True, exist_ok=True)
-    train, optim = configs(str(out), **kw)
-    trainer = Trainer(task, train, optim)
-    return trainer, trainer.fit()
-
-
-def losses(out: Path) -> list[dict]:
-    return [{k: v for k, v in r.items() if k != "utt_per_s"} for r in read_metrics(out / "metrics.jsonl")]
-
-
-def params(model) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def assert_same_run(a: Path, b: Path, params_a: dict) -> None:
-    assert losses(a) == losses(b)
-    assert (a / "batches_rank0.jsonl").read_text() == (b / "batches_rank0.jsonl").read_text()
-    params_b = torch.load(b / "final_params.pt", weights_only=True)
-    assert params_a.keys() == params_b.keys()
-    for k in params_a:
-        assert torch.equal(params_a[k].float(), params_b[k]), k
 
 
 def test_exact_resume_in_a_fresh_process(tmp_path):

@@ -18,6 +18,7 @@ from torch import nn
 
 from comsl.config import OptimConfig, TrainConfig
 from comsl.training.engine import dist_info
+from comsl.training.logging import read_metrics
 from comsl.training.task import TrainTask
 from comsl.training.trainer import Trainer
 
@@ -190,10 +191,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE",
              "GROUP_RANK", "ROLE_RANK", "TORCHELASTIC_RUN_ID")
 
@@ -204,3 +201,35 @@ def clean_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2]) + os.pathsep + env.get("PYTHONPATH", "")
     return env
+
+
+# --------------------------------------------------------------------------- helpers of the tests
+
+
+def fit(out: Path, task=None, **kw):
+    task = task or make_task(record=out / "batches_rank0.jsonl")
+    out.mkdir(parents=True, exist_ok=True)
+    train, optim = configs(str(out), **kw)
+    trainer = Trainer(task, train, optim)
+    return trainer, trainer.fit()
+
+
+def losses(out: Path) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "utt_per_s"} for r in read_metrics(out / "metrics.jsonl")]
+
+
+def params(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_same_run(a: Path, b: Path, params_a: dict) -> None:
+    assert losses(a) == losses(b)
+    assert (a / "batches_rank0.jsonl").read_text() == (b / "batches_rank0.jsonl").read_text()
+    params_b = torch.load(b / "final_params.pt", weights_only=True)
+    assert params_a.keys() == params_b.keys()
+    for k in params_a:
+        assert torch.equal(params_a[k].float(), params_b[k]), k
+
+
+if __name__ == "__main__":
+    sys.exit(main())
