@@ -128,8 +128,9 @@ class DataConfig:
     max_tokens_per_batch: int = 4096
     """Cap on padded target tokens per batch."""
 
-    cache_audio: bool = True
-    """Keep decoded 16 kHz audio in memory after the first epoch."""
+    audio_cache_mb: float = 0.0
+    """Budget (MiB) of an LRU of decoded 16 kHz audio, per process (every DataLoader worker and rank
+    holds its own); 0 = decode every time. Memory stays bounded whatever the corpus size."""
 
     max_fail_fraction: float = 0.01
     """Stop when more than this fraction of utterances fails to decode at run time."""
@@ -260,6 +261,10 @@ class TrainConfig:
     cache_frozen_speech: bool = False
     """Run each utterance through the speech blocks once and reuse the output (stage 2 with speech blocks
     frozen for the whole run and no speech dropout; a large saving with a real Whisper on CPUs)."""
+
+    speech_cache_mb: float = 2048.0
+    """Budget (MiB, per process) of that cache, least recently used outputs evicted first (Whisper-base,
+    5 s: 0.5 MiB per utterance); an evicted utterance is simply encoded again."""
 
     checkpoint_export: bool = False
     """Also write a self-contained model directory (``model/``, as ``comsl evaluate`` loads) into every
@@ -472,6 +477,14 @@ def validate(cfg: Any, source: str = "config") -> None:
                       "(train.speech_trainable=false or train.freeze_speech_fraction=1.0)")
     if t.cache_frozen_speech and cfg.model.speech_dropout > 0:
         errors.append(f"train.cache_frozen_speech: needs model.speech_dropout=0, got {cfg.model.speech_dropout}")
+    if t.cache_frozen_speech and t.engine == "deepspeed" and t.zero_stage == 3:
+        # a cache hit skips the encoder's forward on one rank while another gathers its ZeRO-3 shards
+        errors.append("train.cache_frozen_speech: not with ZeRO-3 (ranks must run the same forwards); "
+                      "set it false or use train.zero_stage 2")
+    if cfg.data.audio_cache_mb < 0:
+        errors.append(f"data.audio_cache_mb: must be >= 0, got {cfg.data.audio_cache_mb}")
+    if t.speech_cache_mb < 0:
+        errors.append(f"train.speech_cache_mb: must be >= 0, got {t.speech_cache_mb}")
     if t.max_steps < 1:
         errors.append(f"train.max_steps: must be >= 1, got {t.max_steps}")
     if t.grad_accum < 1:

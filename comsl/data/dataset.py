@@ -1,4 +1,4 @@
-"""Datasets over prepared manifests: speech (lazy audio decode, optional cache) and text-only pairs.
+"""Datasets over prepared manifests: speech (lazy audio decode, optional bounded cache) and text-only pairs.
 
 Items are dicts: ``id``, ``src_lang`` (CoVoST code), ``src_lang_id``, ``transcript_ids`` and
 ``translation_ids`` (``[lang] tokens </s>``, see comsl.data.tokenizer.encode) and, for speech,
@@ -18,6 +18,7 @@ from comsl.data.manifest import read_manifest
 from comsl.data.tokenizer import encode, lang_id
 from comsl.errors import DataError
 from comsl.languages import TARGET_LANG
+from comsl.lru import ByteLRU
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +69,7 @@ class TextPairDataset:
             encoded = self._encode_all()
             self.entries = [self.entries[i] for i in keep]
             self._encoded = [encoded[i] for i in keep]
-            self._on_subset(keep)
         return dropped
-
-    def _on_subset(self, keep: list[int]) -> None:
-        """Hook for subclasses holding per-item state."""
 
     def text_item(self, i: int) -> dict:
         e = self.entries[i]
@@ -87,22 +84,19 @@ class TextPairDataset:
 class SpeechDataset(TextPairDataset):
     """Manifest rows with audio decoded lazily at 16 kHz.
 
-    ``cache``: keep decoded waveforms in memory (per process; with DataLoader workers each
-    worker has its own). ``max_fail_fraction``: when more than this fraction of the dataset has
-    failed to decode, raise DataError instead of skipping (a systematic problem, not a bad clip).
+    ``cache_bytes``: budget of an LRU of decoded waveforms (per process: each DataLoader worker holds
+    its own); 0 decodes every time, so memory does not grow with the corpus. ``max_fail_fraction``: when
+    more than this fraction of the dataset has failed to decode, raise DataError instead of skipping (a
+    systematic problem, not a bad clip).
     """
 
-    def __init__(self, entries: Sequence[dict], tokenizer, *, cache: bool = False,
+    def __init__(self, entries: Sequence[dict], tokenizer, *, cache_bytes: int = 0,
                  max_fail_fraction: float = 0.01):
         super().__init__(entries, tokenizer)
-        self.cache = cache
         self.max_fail_fraction = max_fail_fraction
-        self._waves: dict[int, np.ndarray] = {}
+        self.waves = ByteLRU(cache_bytes)
+        """Decoded waveforms keyed by utterance id (ids survive ``drop_long_text``, indices do not)."""
         self.failed: dict[str, str] = {}  # id -> error, utterances skipped at run time
-
-    def _on_subset(self, keep: list[int]) -> None:
-        new_index = {old: new for new, old in enumerate(keep)}
-        self._waves = {new_index[i]: w for i, w in self._waves.items() if i in new_index}
 
     def audio_lengths(self) -> np.ndarray:
         """(N,) samples at 16 kHz per item, from the manifest (no decoding)."""
@@ -112,15 +106,14 @@ class SpeechDataset(TextPairDataset):
         e = self.entries[i]
         if e["id"] in self.failed:
             return None
-        wav = self._waves.get(i)
+        wav = self.waves.get(e["id"])
         if wav is None:
             try:
                 wav = load_audio(e["audio"], SAMPLING_RATE)
             except DataError as err:
                 self._record_failure(e["id"], str(err))
                 return None
-            if self.cache:
-                self._waves[i] = wav
+            self.waves.put(e["id"], wav)
         item = self.text_item(i)
         item["audio"] = wav
         return item

@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from safetensors import safe_open
 from torch import nn
 from transformers import AutoConfig, PreTrainedConfig
 
@@ -131,34 +132,67 @@ def _existing_dir(path: str, field_name: str) -> Path:
 # ------------------------------------------------------------------ weights
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """All tensors of a Hugging Face model directory (safetensors, sharded or not; or a torch .bin
-    loaded with ``weights_only=True``). Raises CheckpointError when none is found."""
-    path = Path(path)
+def _weight_files(path: Path) -> list[Path]:
+    """The weight files of a Hugging Face model directory: one or more safetensors, else a torch .bin.
+    Raises CheckpointError when there is none."""
     index = path / "model.safetensors.index.json"
     if (path / "model.safetensors").is_file():
-        return load_file(path / "model.safetensors")
+        return [path / "model.safetensors"]
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        state: dict[str, torch.Tensor] = {}
-        for shard in shards:
-            state.update(load_file(path / shard))
-        return state
+        return [path / shard for shard in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
     if (path / "pytorch_model.bin").is_file():
-        return torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        return [path / "pytorch_model.bin"]
     raise CheckpointError(f"{path}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
 
 
-def load_part(module: nn.Module, state: dict[str, torch.Tensor], part: str, source: str,
-              tied: set[str] = frozenset()) -> LoadReport:
-    """Load the tensors of ``state`` that belong to ``module`` (matched by the most common key prefix),
-    strictly. ``tied`` names target keys that may be absent because they are tied to another.
+def _read(path: Path, keys: Collection[str] | None, shapes_only: bool) -> dict:
+    """``{key: tensor}`` (or ``{key: shape}``) of the weight files of ``path``, only ``keys`` when given.
+    safetensors are opened lazily (``safe_open``) and a .bin memory-mapped, so tensors outside ``keys``
+    are never read into memory."""
+    out: dict = {}
+    keys = set(keys) if keys is not None else None
+    for file in _weight_files(path):
+        if file.suffix == ".bin":
+            try:
+                state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:  # the legacy (pre-zip) format cannot be memory-mapped
+                state = torch.load(file, map_location="cpu", weights_only=True)
+            for k, v in state.items():
+                if keys is None or k in keys:
+                    out[k] = tuple(v.shape) if shapes_only else v.clone()
+            continue
+        with safe_open(str(file), framework="pt") as f:
+            for k in f.keys():
+                if keys is None or k in keys:
+                    out[k] = tuple(f.get_slice(k).get_shape()) if shapes_only else f.get_tensor(k)
+    return out
+
+
+def read_state_dict(path: str | Path, keys: Collection[str] | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a Hugging Face model directory (safetensors, sharded or not; or a torch .bin loaded
+    with ``weights_only=True``): all of them, or only ``keys`` (the others are not read). Raises
+    CheckpointError when the directory holds no weights."""
+    return _read(Path(path), keys, shapes_only=False)
+
+
+def tensor_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor of a model directory, read from the headers (no tensor data)."""
+    return _read(Path(path), None, shapes_only=True)
+
+
+def load_part(module: nn.Module, path: str | Path, part: str, tied: set[str] = frozenset(),
+              within: str = "") -> LoadReport:
+    """Load into ``module`` the tensors of the model directory ``path`` that belong to it (matched by the
+    most common key prefix; only keys starting with ``within`` are considered), strictly, reading only
+    those tensors. ``tied`` names target keys that may be absent because they are tied to another.
 
     Raises CheckpointError listing missing keys, unexpected keys under the prefix and shape mismatches.
     """
+    source = str(path)
+    shapes = {k: v for k, v in tensor_shapes(path).items() if k.startswith(within)}
     target = module.state_dict()
     prefixes: Counter[str] = Counter()
-    for skey in state:
+    for skey in shapes:
         for tkey in target:
             if skey.endswith(tkey) and (len(skey) == len(tkey) or skey[-len(tkey) - 1] == "."):
                 prefixes[skey[: len(skey) - len(tkey)]] += 1
@@ -166,12 +200,12 @@ def load_part(module: nn.Module, state: dict[str, torch.Tensor], part: str, sour
         raise CheckpointError(f"{source}: no tensor matches the {part} ({type(module).__name__}); "
                               "is this the right model directory?")
     prefix = max(prefixes, key=lambda p: (prefixes[p], -len(p)))
-    mine = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    ignored = sorted(k for k in state if not k.startswith(prefix))
+    mine = {k[len(prefix):]: v for k, v in shapes.items() if k.startswith(prefix)}
+    ignored = sorted(k for k in shapes if not k.startswith(prefix))
     missing = sorted(k for k in target if k not in mine and k not in tied)
     unexpected = sorted(k for k in mine if k not in target)
-    bad_shape = sorted(f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(target[k].shape)}"
-                       for k, v in mine.items() if k in target and v.shape != target[k].shape)
+    bad_shape = sorted(f"{k}: checkpoint {v} vs model {tuple(target[k].shape)}"
+                       for k, v in mine.items() if k in target and v != tuple(target[k].shape))
     problems = []
     for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", bad_shape)):
         if keys:
@@ -179,7 +213,8 @@ def load_part(module: nn.Module, state: dict[str, torch.Tensor], part: str, sour
             problems.append(f"{label}: {shown}")
     if problems:
         raise CheckpointError(f"{source}: cannot load the {part} strictly (prefix {prefix!r}): " + "; ".join(problems))
-    module.load_state_dict({k: v for k, v in mine.items() if k in target}, strict=False)
+    state = read_state_dict(path, {prefix + k for k in mine})
+    module.load_state_dict({k[len(prefix):]: v for k, v in state.items()}, strict=False)
     return LoadReport(part, source, loaded=len(mine), ignored=ignored)
 
 
@@ -188,12 +223,10 @@ def load_pretrained_parts(model: ComSLModel, model_cfg: ModelConfig, tokenizer=N
     text vocabulary to the tokenizer's (new language codes such as ``ca_ES``/``cy_GB``)."""
     reports = []
     if model_cfg.speech_pretrained:
-        state = read_state_dict(model_cfg.speech_pretrained)
-        reports.append(load_part(model.speech_encoder.encoder, state, "speech encoder", model_cfg.speech_pretrained))
+        reports.append(load_part(model.speech_encoder.encoder, model_cfg.speech_pretrained, "speech encoder"))
     if model_cfg.text_pretrained:
-        state = read_state_dict(model_cfg.text_pretrained)
         tied = set(getattr(model.text_model, "all_tied_weights_keys", {}) or {})
-        reports.append(load_part(model.text_model, state, "text model", model_cfg.text_pretrained, tied))
+        reports.append(load_part(model.text_model, model_cfg.text_pretrained, "text model", tied))
         model.text_model.tie_weights()
     if tokenizer is not None and len(tokenizer) > model.config.text_config.vocab_size:
         log.info("resizing text embeddings %d -> %d for added language codes",

@@ -9,7 +9,8 @@ batched), so a stored output is the one a fresh forward would give.
 
 The cache is used only while gradients are off (frozen speech blocks during training, or decoding);
 with gradients on the encoder runs as usual. Output memory: T' x D floats per utterance (Whisper-base,
-5 s: 250 x 512 x 4 B = 0.5 MB).
+5 s: 250 x 512 x 4 B = 0.5 MB), held in a least-recently-used store bounded by a byte budget: an evicted
+utterance is encoded again, so a corpus of any size fits.
 """
 
 from __future__ import annotations
@@ -19,17 +20,20 @@ import hashlib
 import torch
 from torch import nn
 
+from comsl.lru import ByteLRU
+
 
 class SpeechEncoderCache:
     """Replacement ``forward`` of a speech encoder ``(speech, mask) -> (hidden (B, T', D), mask (B, T'))``
-    that remembers each utterance's output. The module, its parameters and state dict are unchanged."""
+    that remembers each utterance's output, within ``max_bytes``. The module, its parameters and state
+    dict are unchanged."""
 
-    def __init__(self, encoder: nn.Module):
+    def __init__(self, encoder: nn.Module, max_bytes: int):
         self.encoder = encoder
         # time is the last axis of log-mel (B, C, T) and waveform (B, S) input, axis 1 of fbank (B, T, 160)
         self.time_axis = 1 if getattr(encoder, "kind", None) == "w2v_bert" else -1
         self.forward_uncached = encoder.forward
-        self.store: dict[bytes, torch.Tensor] = {}
+        self.store = ByteLRU(max_bytes)
         self.hits = 0
         self.misses = 0
 
@@ -45,17 +49,20 @@ class SpeechEncoderCache:
             return self.forward_uncached(speech, mask)
         lengths = mask.sum(-1).tolist()
         keys = [self.key(speech[i], int(n)) for i, n in enumerate(lengths)]
-        missing = [i for i, k in enumerate(keys) if k not in self.store]
+        # this call's rows are kept here: storing one may evict another of the same batch
+        found = {k: self.store.get(k) for k in keys}
+        missing = [i for i, k in enumerate(keys) if found[k] is None]
         if missing:
             longest = int(max(lengths[i] for i in missing))
             sub = speech[missing].narrow(self.time_axis, 0, longest)
             sub_hidden, sub_mask = self.forward_uncached(sub, mask[missing][:, :longest])
             for row, i in enumerate(missing):
                 n_out = int(sub_mask[row].sum())
-                self.store[keys[i]] = sub_hidden[row, :n_out].detach().clone()
+                found[keys[i]] = sub_hidden[row, :n_out].detach().clone()
+                self.store.put(keys[i], found[keys[i]])
         self.misses += len(missing)
         self.hits += len(keys) - len(missing)
-        rows = [self.store[k] for k in keys]
+        rows = [found[k] for k in keys]
         # the padded output length is what a forward over the full padded batch would give
         width = self._output_width(speech, mask, rows)
         hidden = rows[0].new_zeros(len(rows), width, rows[0].shape[-1])
@@ -72,13 +79,13 @@ class SpeechEncoderCache:
         return max(h.shape[0] for h in rows)
 
 
-def cache_speech_encoder(model: nn.Module) -> SpeechEncoderCache:
-    """Install a :class:`SpeechEncoderCache` on ``model.speech_encoder`` (instance-level ``forward``,
-    so parameter names and checkpoints stay as they are) and return it. Only valid while the speech
+def cache_speech_encoder(model: nn.Module, max_bytes: int = 2 << 30) -> SpeechEncoderCache:
+    """Install a :class:`SpeechEncoderCache` of ``max_bytes`` on ``model.speech_encoder`` (instance-level
+    ``forward``, so parameter names and checkpoints stay as they are) and return it. Only valid while the speech
     blocks' weights do not change; the caller checks that (see ``train.cache_frozen_speech``)."""
     encoder = model.speech_encoder
     if isinstance(encoder.forward, SpeechEncoderCache):
         return encoder.forward
-    cache = SpeechEncoderCache(encoder)
+    cache = SpeechEncoderCache(encoder, max_bytes)
     encoder.forward = cache
     return cache

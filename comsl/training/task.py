@@ -92,12 +92,11 @@ def stage_objectives(cfg: ExperimentConfig) -> ObjectiveConfig:
 def load_language_blocks(model: ComSLModel, directory: str) -> None:
     """Initialise the text encoder-decoder from an exported (stage-1) ComSL model, strictly; the speech
     blocks keep what ``model.speech_pretrained`` gave them. Raises CheckpointError on any mismatch."""
-    from comsl.models.build import load_part, read_state_dict
+    from comsl.models.build import load_part
 
     path = resolve_checkpoint(directory)
-    state = {k: v for k, v in read_state_dict(path).items() if k.startswith("text_model.")}
     tied = set(getattr(model.text_model, "all_tied_weights_keys", {}) or {})
-    load_part(model.text_model, state, "language blocks", str(path), tied)
+    load_part(model.text_model, path, "language blocks", tied, within="text_model.")
     model.text_model.tie_weights()
 
 
@@ -114,7 +113,7 @@ def build_task(cfg: ExperimentConfig) -> TrainTask:
     if cfg.train.init_from:
         load_language_blocks(model, cfg.train.init_from)
     if speech and cfg.train.cache_frozen_speech:
-        cache_speech_encoder(model)
+        cache_speech_encoder(model, int(cfg.train.speech_cache_mb * 2**20))
     teacher = None
     if speech and objectives.w_mt > 0 and objectives.lambda_mt > 0:
         if not cfg.train.teacher:
@@ -127,7 +126,7 @@ def build_task(cfg: ExperimentConfig) -> TrainTask:
     entries = _manifest_entries(cfg.data.train_manifest, cfg.data.langs)
     max_text = model.config.text_config.max_position_embeddings - 2
     if speech:
-        dataset = SpeechDataset(entries, tokenizer, cache=cfg.data.cache_audio,
+        dataset = SpeechDataset(entries, tokenizer, cache_bytes=int(cfg.data.audio_cache_mb * 2**20),
                                 max_fail_fraction=cfg.data.max_fail_fraction)
         dataset.drop_long_text(max_text)
         audio_lengths = dataset.audio_lengths()

@@ -31,7 +31,7 @@ def setup(tmp_path_factory):
 
 def test_speech_dataset_items_and_dataloader_batches(setup):
     root, tok = setup
-    ds = SpeechDataset.from_manifest(str(root / "train.tsv"), tok, cache=True)
+    ds = SpeechDataset.from_manifest(str(root / "train.tsv"), tok, cache_bytes=1 << 20)
     item = ds[1]
     assert item["transcript_ids"] == encode(tok, "phrase numéro 1", "fr")
     assert item["translation_ids"] == encode(tok, "sentence number 1", "en")
@@ -43,6 +43,22 @@ def test_speech_dataset_items_and_dataloader_batches(setup):
     assert sorted(i for b in batches for i in b["ids"]) == sorted(e["id"] for e in ds.entries)
     for b in batches:
         assert b["speech"].shape[1] == 80 and b["speech"].shape[2] * len(b["ids"]) <= 200
+
+
+def test_audio_cache_stays_within_its_byte_budget(setup):
+    root, tok = setup
+    sizes = [4 * (8000 + 1600 * i) for i in range(6)]  # float32 waveforms
+    budget = sizes[4] + sizes[5]  # the two longest fit, never three clips of the last four
+    ds = SpeechDataset.from_manifest(str(root / "train.tsv"), tok, cache_bytes=budget)
+    for _ in range(2):
+        for i in range(len(ds)):
+            assert ds[i]["audio"].shape == (8000 + 1600 * i,)
+            assert ds.waves.nbytes <= budget
+    assert 0 < len(ds.waves) < len(ds) and ds.waves.evictions > 0
+    assert ds[5]["audio"] is ds[5]["audio"]  # the most recent clip is served from the cache
+    uncached = SpeechDataset.from_manifest(str(root / "train.tsv"), tok)
+    assert [uncached[i]["audio"].shape[0] for i in range(len(uncached))] == [n // 4 for n in sizes]
+    assert len(uncached.waves) == 0 and uncached.waves.nbytes == 0  # the default keeps nothing
 
 
 def test_decode_failure_skips_then_stops_past_fraction(setup, tmp_path):
@@ -71,7 +87,7 @@ def test_text_pair_dataset(setup):
 
 def test_drop_long_text_reports_ids(setup):
     root, tok = setup
-    ds = SpeechDataset.from_manifest(str(root / "train.tsv"), tok, cache=True)
+    ds = SpeechDataset.from_manifest(str(root / "train.tsv"), tok, cache_bytes=1 << 20)
     ds.entries[1] = dict(ds.entries[1], translation="a much longer sentence number one, with many more words")
     ds[5]
     limit = int(sorted(ds.token_lengths())[-2])

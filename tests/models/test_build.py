@@ -89,3 +89,41 @@ def test_too_long_speech_for_the_text_model_fails_at_construction(tokenizer):
                       text_arch=dict(TINY_TEXT_ARCH, max_position_embeddings=64))
     with pytest.raises(ConfigError, match="139 positions but the text model has max_position_embeddings=64"):
         build_model(cfg, tokenizer)
+
+
+def test_speech_part_reads_only_the_encoder_tensors(whisper_dir, tokenizer, monkeypatch):
+    """Whisper's decoder is in the checkpoint but never read into memory."""
+    import comsl.models.build as build
+
+    read: list[str] = []
+
+    real_open = build.safe_open
+
+    class Recording:
+        def __init__(self, *args, **kwargs):
+            self.inner = real_open(*args, **kwargs)
+
+        def __enter__(self):
+            self.file = self.inner.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.inner.__exit__(*exc)
+
+        def keys(self):
+            return self.file.keys()
+
+        def get_slice(self, key):
+            return self.file.get_slice(key)
+
+        def get_tensor(self, key):
+            read.append(key)
+            return self.file.get_tensor(key)
+
+    monkeypatch.setattr(build, "safe_open", Recording)
+    wdir, whisper = whisper_dir
+    model = build_model(ModelConfig(speech_pretrained=str(wdir), text_arch=dict(TINY_TEXT_ARCH)), tokenizer)
+    encoder_keys = {k for k in whisper.state_dict() if k.startswith("model.encoder.")}
+    assert read and set(read) == encoder_keys and len(read) == len(encoder_keys)
+    for name, value in whisper.model.encoder.state_dict().items():
+        assert torch.equal(model.speech_encoder.encoder.state_dict()[name], value), name

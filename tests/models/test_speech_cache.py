@@ -93,3 +93,20 @@ def test_fbank_input_is_cut_along_time(make_model):
     torch.testing.assert_close(cached.hidden, fresh.hidden, atol=1e-5, rtol=1e-5)
     n = int(fresh.mask[1].sum())
     torch.testing.assert_close(again.hidden[0, :n], fresh.hidden[1, :n], atol=1e-5, rtol=1e-5)
+
+
+def test_store_stays_within_its_byte_budget(make_model):
+    model = make_model("whisper")
+    x, mask = speech_input("whisper", LENGTHS["whisper"], seed=6)
+    with torch.no_grad():
+        fresh = model.encode_speech(x, mask)
+        n_out = [int(m.sum()) for m in fresh.speech_mask]
+        per_frame = fresh.speech_hidden.shape[-1] * 4
+        budget = max(n_out) * per_frame  # room for the longer utterance's output, not for both
+        cache = cache_speech_encoder(model, max_bytes=budget)
+        first = model.encode_speech(x, mask)
+        assert cache.store.nbytes <= budget and len(cache.store) == 1
+        again = model.encode_speech(x, mask)  # the evicted one is encoded again
+    assert cache.store.nbytes <= budget and cache.misses == 3 and cache.hits == 1
+    for out in (first, again):
+        torch.testing.assert_close(out.hidden, fresh.hidden, atol=1e-5, rtol=1e-5)
