@@ -81,7 +81,7 @@ def _speech_input(kind):
 @pytest.mark.parametrize("path", SWAPS, ids=lambda p: p.stem)
 def test_swap_builds_with_standin_weights_and_trains_one_step(path, tmp_path, tokenizer):
     from comsl.data.batching import pad_ids
-    from comsl.data.tokenizer import encode
+    from comsl.data.processor import encode
 
     cfg = load_config(path)
     kind, family = cfg.model.speech_encoder, cfg.model.text_model

@@ -91,17 +91,15 @@ def run_mini(args) -> int:
 
 
 def run_pseudo(args) -> int:
-    from comsl.data.pseudo import PseudoConfig, model_translator, pseudo_label
-    from comsl.errors import DataError
-    from comsl.models.composite import ComSLModel
+    from comsl.data.pseudo import PseudoConfig, pseudo_label
+    from comsl.evaluation.decode import DecodeConfig, Decoder
 
-    model = ComSLModel.from_pretrained(args.model).to(args.device).eval()
-    if model.tokenizer is None:
-        raise DataError(f"{args.model}: no tokenizer saved with the model")
+    decoder = Decoder.from_checkpoint(args.model, DecodeConfig(beam=args.beams, max_new_tokens=args.max_new_tokens,
+                                                               max_batch_size=args.batch_size, device=args.device))
     report = pseudo_label(
         PseudoConfig(cv_root=args.cv_root, covost_root=args.covost_root, out=args.out, langs=_langs(args.langs),
                      max_per_lang=args.max_per_lang, batch_size=args.batch_size),
-        model_translator(model, model.tokenizer, num_beams=args.beams, max_new_tokens=args.max_new_tokens),
+        lambda texts, lang: decoder.translate_texts(texts, [lang] * len(texts)),
     )
     for lang, r in report.items():
         print(f"{lang}: {r['labelled']} clips labelled ({r['empty_translation']} empty translations)")

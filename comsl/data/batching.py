@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from comsl.data.processor import extract_features
 from comsl.errors import DataError
 
 FRAME_SAMPLES = 160  # one 10 ms feature frame at 16 kHz: the unit of the audio cap
@@ -178,10 +179,5 @@ class Collator:
         batch["transcript_ids"], batch["transcript_mask"] = pad_ids([it["transcript_ids"] for it in items], self.pad_id)
         batch["translation_ids"], batch["translation_mask"] = pad_ids([it["translation_ids"] for it in items], self.pad_id)
         if self.frontend is not None:
-            lengths = torch.tensor([len(it["audio"]) for it in items], dtype=torch.long)
-            waves = torch.zeros(len(items), int(lengths.max()))
-            for i, it in enumerate(items):
-                waves[i, : len(it["audio"])] = torch.from_numpy(it["audio"])
-            with torch.no_grad():
-                batch["speech"], batch["speech_mask"] = self.frontend(waves, lengths)
+            batch["speech"], batch["speech_mask"] = extract_features(self.frontend, [it["audio"] for it in items])
         return batch

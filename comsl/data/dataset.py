@@ -1,7 +1,7 @@
 """Datasets over prepared manifests: speech (lazy audio decode, optional bounded cache) and text-only pairs.
 
 Items are dicts: ``id``, ``src_lang`` (CoVoST code), ``src_lang_id``, ``transcript_ids`` and
-``translation_ids`` (``[lang] tokens </s>``, see comsl.data.tokenizer.encode) and, for speech,
+``translation_ids`` (``[lang] tokens </s>``, see comsl.data.processor.encode_texts) and, for speech,
 ``audio`` (float32 (S,) at 16 kHz). A speech item whose audio fails to decode is returned as None
 (the collator drops it); its id is logged and counted.
 """
@@ -15,7 +15,7 @@ import numpy as np
 
 from comsl.data.audio import SAMPLING_RATE, load_audio
 from comsl.data.manifest import read_manifest
-from comsl.data.tokenizer import encode, lang_id
+from comsl.data.processor import encode_texts
 from comsl.errors import DataError
 from comsl.languages import TARGET_LANG
 from comsl.lru import ByteLRU
@@ -44,13 +44,10 @@ class TextPairDataset:
 
     def _encode_all(self) -> list[tuple[list[int], list[int]]]:
         if self._encoded is None:
-            tok = self.tokenizer
-            src = tok([e["transcript"] for e in self.entries], add_special_tokens=False)["input_ids"]
-            tgt = tok([e["translation"] for e in self.entries], add_special_tokens=False)["input_ids"]
-            en, eos = lang_id(tok, TARGET_LANG), tok.eos_token_id
-            lang_ids = {lang: lang_id(tok, lang) for lang in {e["src_lang"] for e in self.entries}}
-            self._encoded = [([lang_ids[e["src_lang"]], *s, eos], [en, *t, eos])
-                             for e, s, t in zip(self.entries, src, tgt)]
+            src = encode_texts(self.tokenizer, [e["transcript"] for e in self.entries],
+                               [e["src_lang"] for e in self.entries])
+            tgt = encode_texts(self.tokenizer, [e["translation"] for e in self.entries], [TARGET_LANG] * len(self.entries))
+            self._encoded = list(zip(src, tgt))
         return self._encoded
 
     def token_lengths(self) -> np.ndarray:

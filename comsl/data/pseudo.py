@@ -84,22 +84,3 @@ def pseudo_label(cfg: PseudoConfig, translate: Translator) -> dict:
     with open(os.path.join(cfg.out, "pseudo_report.json"), "w", encoding="utf-8") as f:
         json.dump(report, f, indent=1)
     return report
-
-
-def model_translator(model, tokenizer, num_beams: int = 5, max_new_tokens: int = 128) -> Translator:
-    """A Translator from a ComSL model (``generate_text``) and its tokenizer."""
-    import torch
-
-    from comsl.data.batching import pad_ids
-    from comsl.data.tokenizer import encode, lang_id
-
-    device = next(model.parameters()).device
-
-    def translate(texts: Sequence[str], lang: str) -> list[str]:
-        ids, mask = pad_ids([encode(tokenizer, t, lang) for t in texts], tokenizer.pad_token_id)
-        with torch.no_grad():
-            out = model.generate_text(ids.to(device), mask.to(device), lang_id(tokenizer, TARGET_LANG),
-                                      num_beams=num_beams, max_new_tokens=max_new_tokens)
-        return tokenizer.batch_decode(out, skip_special_tokens=True)
-
-    return translate

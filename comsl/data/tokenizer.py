@@ -1,6 +1,6 @@
 """mBART-50-style tokenizer: load from a local directory, or train one on a corpus's own text.
 
-Every sequence is ``[lang_code] tokens... </s>`` (see ``encode``). ``ca_ES`` and ``cy_GB`` are not
+Sequences are ``[lang_code] tokens... </s>`` (built by ``comsl.data.processor.encode_texts``). ``ca_ES`` and ``cy_GB`` are not
 mBART-50 codes; they are added as special tokens so all 21 CoVoST 2 source languages have one.
 """
 
@@ -118,12 +118,3 @@ def lang_id(tokenizer, code: str) -> int:
 def _known(tokenizer, token: str) -> bool:
     idx = tokenizer.convert_tokens_to_ids(token)
     return idx is not None and idx != tokenizer.unk_token_id
-
-
-def encode(tokenizer, text: str, lang_code: str) -> list[int]:
-    """``[lang_code] tokens... </s>`` as ids (what MBart50TokenizerFast gives with ``src_lang=lang_code``).
-
-    Built explicitly rather than through the tokenizer's mutable ``src_lang`` state.
-    """
-    pieces = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return [lang_id(tokenizer, lang_code), *pieces, tokenizer.eos_token_id]

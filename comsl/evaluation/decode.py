@@ -153,10 +153,13 @@ def make_batches(
 
 
 class Decoder:
-    """Beam decoding with one ComSL model and its tokenizer. Construction does no I/O."""
+    """Beam decoding with one ComSL model and its processor. Construction does no I/O.
 
-    def __init__(self, model, tokenizer, config: DecodeConfig):
-        from comsl.data.features import build_frontend
+    ``processor``: the model's ComSLProcessor, or its bare tokenizer (the front end then follows
+    ``model.config``)."""
+
+    def __init__(self, model, processor, config: DecodeConfig):
+        from comsl.data.processor import ComSLProcessor
 
         config.validate()
         self.config = config
@@ -164,10 +167,9 @@ class Decoder:
             model = model.to(torch.device(config.device))
         self.device = next(model.parameters()).device
         self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.frontend = build_frontend(
-            model.config.speech_frontend, n_mels=model.config.num_mel_bins or 80
-        ).to(self.device).eval()
+        if not isinstance(processor, ComSLProcessor):
+            processor = ComSLProcessor.for_model(model.config, processor)
+        self.processor = processor
         self.max_samples = int(float(model.config.max_speech_seconds) * SAMPLING_RATE)
         self.model_dir: Path | None = None
         """Where the model was loaded from (set by ``from_checkpoint``)."""
@@ -178,29 +180,26 @@ class Decoder:
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | os.PathLike, config: DecodeConfig) -> "Decoder":
-        """Load the model and tokenizer of ``checkpoint`` (see evaluation.checkpoint.resolve_checkpoint)."""
-        from comsl.data.tokenizer import load_tokenizer
+        """Load the model and its processor from ``checkpoint`` (see evaluation.checkpoint.resolve_checkpoint)."""
         from comsl.models.composite import ComSLModel
         from comsl.evaluation.checkpoint import resolve_checkpoint
 
         model_dir = resolve_checkpoint(checkpoint)
         try:
-            tokenizer = load_tokenizer(model_dir)
-        except DataError as err:
-            raise CheckpointError(f"{model_dir}: model directory without its tokenizer ({err})") from err
-        try:
             model = ComSLModel.from_pretrained(str(model_dir))
         except (OSError, ValueError, RuntimeError) as err:
             raise CheckpointError(f"{model_dir}: cannot load the ComSL model ({err})") from err
+        if model.processor is None:
+            raise CheckpointError(f"{model_dir}: model directory without its tokenizer (expected tokenizer.json "
+                                  "or sentencepiece.bpe.model next to config.json)")
         device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        decoder = cls(model, tokenizer, replace(config, device=device))
+        decoder = cls(model, model.processor, replace(config, device=device))
         decoder.model_dir = model_dir
         return decoder
 
-    def _lang_id(self, code: str) -> int:
-        from comsl.data.tokenizer import lang_id
-
-        return lang_id(self.tokenizer, code)
+    @property
+    def tokenizer(self):
+        return self.processor.tokenizer
 
     def _load(self, utt: Utterance) -> np.ndarray | None:
         """16 kHz mono audio of ``utt`` cut to the model's longest input; None (counted) when it fails."""
@@ -218,28 +217,41 @@ class Decoder:
             wav = wav[: self.max_samples]
         return wav
 
+    def _generate_kwargs(self) -> dict:
+        cfg = self.config
+        return dict(num_beams=cfg.beam, max_new_tokens=cfg.max_new_tokens, length_penalty=cfg.length_penalty)
+
     @torch.no_grad()
     def decode_waveforms(self, waves: Sequence[np.ndarray], src_langs: Sequence[str]) -> list[str]:
         """One batch: waveforms (each (S_i,), 16 kHz) and their CoVoST source codes -> hypotheses.
 
         ASR needs one source language per call (it is the forced first token).
         """
-        task = self.config.task
+        task, proc = self.config.task, self.processor
         if task == "asr" and len(set(src_langs)) > 1:
             raise ComSLError(f"ASR batch mixes languages {sorted(set(src_langs))}; decode one language per batch")
-        lengths = torch.tensor([w.shape[0] for w in waves], dtype=torch.long)
-        padded = torch.zeros(len(waves), int(lengths.max()))
-        for i, w in enumerate(waves):
-            padded[i, : w.shape[0]] = torch.from_numpy(w)
-        speech, speech_mask = self.frontend(padded.to(self.device), lengths.to(self.device))
-        src_ids = torch.tensor([self._lang_id(l) for l in src_langs], dtype=torch.long, device=self.device)
-        tgt = self._lang_id(src_langs[0]) if task == "asr" else self._lang_id(TARGET_CODE)
-        out = self.model.generate_speech(
-            speech, speech_mask, src_ids, tgt, num_beams=self.config.beam,
-            max_new_tokens=self.config.max_new_tokens, length_penalty=self.config.length_penalty,
-        )
-        texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)
-        return [" ".join(t.split()) for t in texts]
+        speech, speech_mask = proc.features(waves, self.device)
+        src_ids = torch.tensor([proc.lang_id(l) for l in src_langs], dtype=torch.long, device=self.device)
+        tgt = proc.lang_id(src_langs[0]) if task == "asr" else proc.lang_id(TARGET_CODE)
+        return proc.decode(self.model.generate_speech(speech, speech_mask, src_ids, tgt, **self._generate_kwargs()))
+
+    @torch.no_grad()
+    def translate_texts(self, texts: Sequence[str], src_langs: Sequence[str]) -> list[str]:
+        """MT: source-language texts (CoVoST codes ``src_langs``) -> English, in their order; longest
+        first in batches of ``max_batch_size``."""
+        from comsl.data.batching import pad_ids
+
+        proc = self.processor
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        hyps = [""] * len(texts)
+        for start in range(0, len(order), self.config.max_batch_size):
+            idx = order[start: start + self.config.max_batch_size]
+            ids, mask = pad_ids(proc.encode([texts[i] for i in idx], [src_langs[i] for i in idx]), proc.pad_token_id)
+            out = self.model.generate_text(ids.to(self.device), mask.to(self.device), proc.lang_id(TARGET_CODE),
+                                           **self._generate_kwargs())
+            for i, text in zip(idx, proc.decode(out)):
+                hyps[i] = text
+        return hyps
 
     def decode(
         self, utts: Sequence[Utterance], progress: bool = True, audio: Sequence[np.ndarray] | None = None

@@ -65,24 +65,8 @@ class TextDevEvaluator:
                    config or DecodeConfig(beam=1))
 
     def __call__(self, model) -> dict:
-        import torch
-
-        from comsl.data.batching import pad_ids
-        from comsl.data.tokenizer import encode, lang_id
-
-        device = next(model.parameters()).device
-        en = lang_id(self.tokenizer, "en")
-        order = sorted(range(len(self.utts)), key=lambda i: -len(self.utts[i].transcript))
-        hyps = [""] * len(self.utts)
-        for start in range(0, len(order), self.config.max_batch_size):
-            idx = order[start: start + self.config.max_batch_size]
-            ids, mask = pad_ids([encode(self.tokenizer, self.utts[i].transcript, self.utts[i].src_lang) for i in idx],
-                                self.tokenizer.pad_token_id)
-            out = model.generate_text(ids.to(device), mask.to(device), en, num_beams=self.config.beam,
-                                      max_new_tokens=self.config.max_new_tokens,
-                                      length_penalty=self.config.length_penalty)
-            for i, text in zip(idx, self.tokenizer.batch_decode(out, skip_special_tokens=True)):
-                hyps[i] = " ".join(text.split())
+        decoder = Decoder(model, self.tokenizer, self.config)
+        hyps = decoder.translate_texts([u.transcript for u in self.utts], [u.src_lang for u in self.utts])
         return dev_scores(self.utts, hyps, "st")
 
 

@@ -117,22 +117,28 @@ class ComSLModel(PreTrainedModel):
     # ------------------------------------------------------------------ self-contained directories
 
     def save_pretrained(self, save_directory, *args, tokenizer=None, **kwargs):
-        """``PreTrainedModel.save_pretrained`` plus the tokenizer (``tokenizer`` or ``self.tokenizer``),
-        so the directory needs nothing else to translate."""
+        """``PreTrainedModel.save_pretrained`` plus the processor (front end settings + tokenizer:
+        ``tokenizer`` or ``self.tokenizer``), so the directory needs nothing else to translate."""
+        from comsl.data.processor import ComSLProcessor  # data sits below models; imported lazily
+
         super().save_pretrained(save_directory, *args, **kwargs)
         tokenizer = tokenizer if tokenizer is not None else getattr(self, "tokenizer", None)
         if tokenizer is not None:
-            tokenizer.save_pretrained(save_directory)
+            ComSLProcessor.for_model(self.config, tokenizer).save_pretrained(save_directory)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """Load a saved composite; its tokenizer, when saved alongside, becomes ``model.tokenizer``."""
-        from comsl.data.tokenizer import load_tokenizer  # data sits below models; imported lazily
+        """Load a saved composite; its processor, when saved alongside (a tokenizer is there), becomes
+        ``model.processor`` and its tokenizer ``model.tokenizer`` (None both otherwise)."""
+        from comsl.data.processor import ComSLProcessor  # data sits below models; imported lazily
 
         model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         path = Path(pretrained_model_name_or_path)
         has_tokenizer = (path / "tokenizer.json").is_file() or (path / "sentencepiece.bpe.model").is_file()
-        model.tokenizer = load_tokenizer(path) if has_tokenizer else None
+        model.processor = (ComSLProcessor.from_pretrained(path, speech_frontend=model.config.speech_frontend,
+                                                          num_mel_bins=model.config.num_mel_bins)
+                           if has_tokenizer else None)
+        model.tokenizer = model.processor.tokenizer if has_tokenizer else None
         return model
 
     # ------------------------------------------------------------------ parts and switches

@@ -7,7 +7,8 @@ from comsl.data.batching import Collator, LengthBucketSampler
 from comsl.data.manifest import write_manifest
 from comsl.data.dataset import SpeechDataset, TextPairDataset
 from comsl.data.features import build_frontend
-from comsl.data.tokenizer import encode, lang_id, train_tokenizer
+from comsl.data.processor import encode
+from comsl.data.tokenizer import lang_id, train_tokenizer
 from comsl.errors import DataError
 
 

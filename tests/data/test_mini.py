@@ -7,7 +7,8 @@ from comsl.cli import main
 from comsl.data.manifest import read_manifest
 from comsl.data.mini import (MiniConfig, build_mini, catalog_pairs, cluster_sentences, fill_placeholders,
                              parse_po, placeholder_values, split_sentences, tts_text)
-from comsl.data.tokenizer import encode, load_tokenizer
+from comsl.data.processor import encode
+from comsl.data.tokenizer import load_tokenizer
 
 PO = r'''msgid ""
 msgstr ""

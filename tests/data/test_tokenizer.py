@@ -2,7 +2,8 @@ import shutil
 
 import pytest
 
-from comsl.data.tokenizer import MBART50_CODES, encode, lang_id, load_tokenizer, train_tokenizer
+from comsl.data.processor import encode
+from comsl.data.tokenizer import MBART50_CODES, lang_id, load_tokenizer, train_tokenizer
 from comsl.errors import DataError
 from comsl.languages import ALL_LANGS
 

@@ -79,7 +79,7 @@ def test_sentences_end_at_different_steps_and_are_padded(make_model, tokenizer):
 
 def test_composite_generate_uses_it_by_default(make_model, tokenizer):
     from comsl.data.batching import pad_ids
-    from comsl.data.tokenizer import encode
+    from comsl.data.processor import encode
 
     model = make_model("whisper", "mbart")
     x = torch.randn(2, 80, 230, generator=torch.Generator().manual_seed(0))

@@ -32,7 +32,7 @@ LENGTHS = {"whisper": [230, 97], "w2v_bert": [70, 33], "wav2vec2": [9000, 4100],
 
 def text_batch(tokenizer):
     from comsl.data.batching import pad_ids
-    from comsl.data.tokenizer import encode
+    from comsl.data.processor import encode
 
     tr, tr_mask = pad_ids([encode(tokenizer, "le chat est assis", "fr"),
                            encode(tokenizer, "der Hund", "de")], tokenizer.pad_token_id)

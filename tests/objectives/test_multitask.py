@@ -15,7 +15,7 @@ PARTS = ("asr", "st", "mt", "mtp", "stm_src", "stm_tgt", "erm", "cml")
 @pytest.fixture
 def batch(tokenizer):
     from comsl.data.batching import pad_ids
-    from comsl.data.tokenizer import encode
+    from comsl.data.processor import encode
 
     torch.manual_seed(0)
     lengths = torch.tensor([180, 95])
