@@ -110,6 +110,21 @@ class ObjectiveConfig:
 
 
 @dataclass(kw_only=True)
+class BucketConfig:
+    """One length bucket: utterances up to these lengths (and beyond every earlier bucket), batched
+    ``batch_size`` at a time."""
+
+    max_frames: int = 0
+    """Longest speech in the bucket, in 10 ms frames (0 for text-only training)."""
+
+    max_tokens: int = 1
+    """Longest text in the bucket, in tokens (the longer of transcript and translation)."""
+
+    batch_size: int = 1
+    """Utterances per batch (per GPU); ``comsl tune-batches`` fills it to a memory budget."""
+
+
+@dataclass(kw_only=True)
 class DataConfig:
     """Where the prepared manifests are and how batches are formed."""
 
@@ -127,6 +142,19 @@ class DataConfig:
 
     max_tokens_per_batch: int = 4096
     """Cap on padded target tokens per batch."""
+
+    num_buckets: int = 10
+    """Length buckets along speech frames (text-only training: along tokens), of similar total length;
+    each step every rank draws a batch from the same bucket. Fewer when the data fills fewer."""
+
+    num_token_buckets: int = 4
+    """Target-token ranges inside each speech bucket (2D buckets: padding shrinks on both sides);
+    1 = buckets by speech length only."""
+
+    buckets: list[BucketConfig] = field(default_factory=list)
+    """Buckets with their own batch sizes, as ``comsl tune-batches`` writes them; they replace
+    ``max_frames_per_batch``/``max_tokens_per_batch``. Empty: buckets estimated from the data
+    (``num_buckets`` x ``num_token_buckets``), batches filled to the two caps."""
 
     audio_cache_mb: float = 0.0
     """Budget (MiB) of an LRU of decoded 16 kHz audio, per process (every DataLoader worker and rank
@@ -501,8 +529,22 @@ def validate(cfg: Any, source: str = "config") -> None:
     for key in op.lr_per_part:
         if key not in parts:
             errors.append(f"optim.lr_per_part.{key}: unknown part; valid: {', '.join(sorted(parts))}")
+    errors += _bucket_errors(cfg.data)
     if not cfg.data.train_manifest:
         errors.append("data.train_manifest: required (a manifest written by `comsl prepare`)")
     if errors:
         raise ConfigError(f"{source}: {len(errors)} invalid value{'s' if len(errors) > 1 else ''}:\n  "
                           + "\n  ".join(errors))
+
+
+def _bucket_errors(data: DataConfig) -> list[str]:
+    """Value checks of the batching keys."""
+    errors = []
+    for name in ("max_frames_per_batch", "max_tokens_per_batch", "num_buckets", "num_token_buckets"):
+        if getattr(data, name) < 1:
+            errors.append(f"data.{name}: must be >= 1, got {getattr(data, name)}")
+    for k, b in enumerate(data.buckets):
+        for name, low in (("max_frames", 0), ("max_tokens", 1), ("batch_size", 1)):
+            if getattr(b, name) < low:
+                errors.append(f"data.buckets[{k}].{name}: must be >= {low}, got {getattr(b, name)}")
+    return errors

@@ -135,8 +135,11 @@ def build_task(cfg: ExperimentConfig) -> TrainTask:
         dataset = TextPairDataset(entries, tokenizer)
         dataset.drop_long_text(max_text)
         audio_lengths, frontend = None, None
-    sampler = LengthBucketSampler(dataset.token_lengths(), audio_lengths, max_tokens=cfg.data.max_tokens_per_batch,
-                                  max_frames=cfg.data.max_frames_per_batch, seed=cfg.train.seed, rank=rank,
+    d = cfg.data
+    sampler = LengthBucketSampler(dataset.token_lengths(), audio_lengths, max_tokens=d.max_tokens_per_batch,
+                                  max_frames=d.max_frames_per_batch, num_buckets=d.num_buckets,
+                                  num_token_buckets=d.num_token_buckets, seed=cfg.train.seed, rank=rank,
+                                  buckets=[(b.max_frames, b.max_tokens, b.batch_size) for b in d.buckets],
                                   world_size=world_size)
     return TrainTask(model=model, loss_fn=loss, dataset=dataset, sampler=sampler,
                      collate_fn=Collator(tokenizer.pad_token_id, frontend),

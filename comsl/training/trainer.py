@@ -24,6 +24,7 @@ import torch
 import yaml
 
 from comsl.config import OptimConfig, TrainConfig
+from comsl.data.batching import padding_counts
 from comsl.errors import CheckpointError, ComSLError, DataError
 from comsl.training import checkpoint as ckpt
 from comsl.training.engine import Engine, build_engine, param_shapes
@@ -64,6 +65,15 @@ class _Fetch:
 
     def __call__(self, indices):
         return len(indices), self.collate_fn([self.dataset[i] for i in indices])
+
+
+def _add_padding(window: dict[str, list], batches: list[Any]) -> None:
+    """Padded and real frame/token counts into the log window, logged as ``pad_ratio/*`` = padded / real."""
+    for batch in batches:
+        for name, (padded, real) in padding_counts(batch).items():
+            acc = window.setdefault(f"pad_ratio/{name}", [0, 0])
+            acc[0] += padded
+            acc[1] += real
 
 
 class Trainer:
@@ -304,6 +314,7 @@ class Trainer:
                 self._set_speech_frozen(self.schedule.speech_frozen() or not t.speech_trainable)
                 micro = [next(batches) for _ in range(t.grad_accum)]
                 window_utts += sum(n for n, _ in micro)
+                _add_padding(window, [b for _, b in micro])
                 losses = self._one_step([e.prepare(b) for _, b in micro])
                 self.step += 1
                 if losses is None:

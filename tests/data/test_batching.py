@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from comsl.data.batching import Collator, LengthBucketSampler, pad_ids
+from comsl.data.batching import (Collator, LengthBucketSampler, longest_first_batches, pack, pad_ids,
+                                 padding_counts)
 from comsl.data.features import WhisperLogMel
 from comsl.errors import DataError
 
@@ -72,6 +73,98 @@ def test_text_only_sampler_caps_tokens():
     assert sorted(i for b in batches for i in b) == list(range(N))
 
 
+BOXES = [(300, 20, 12), (300, 60, 6), (700, 30, 5), (700, 60, 4), (1100, 60, 2)]
+
+
+def first_fit(frames, tokens, boxes):
+    """Bucket of each item by the rule the sampler documents: the first box (sorted) holding both lengths."""
+    boxes = sorted(boxes)
+    return np.array([next(k for k, (f, t, _) in enumerate(boxes) if a <= f and b <= t)
+                     for a, b in zip(frames, tokens)])
+
+
+@pytest.mark.parametrize("seed", [0, 5])
+def test_two_ranks_draw_each_step_from_the_same_bucket(seed):
+    ranks = [LengthBucketSampler(TOKENS, SAMPLES, buckets=BOXES, seed=seed, rank=r, world_size=2) for r in (0, 1)]
+    bucket = first_fit(SAMPLES // 160, TOKENS, BOXES)
+    steps = [list(s) for s in ranks]
+    assert len(steps[0]) == len(steps[1]) and len(steps[0]) > len(BOXES)
+    for b0, b1 in zip(*steps):
+        assert len(set(bucket[b0])) == 1 and set(bucket[b0]) == set(bucket[b1])  # one bucket per step
+        assert not set(b0) & set(b1)
+    seen = sorted(i for batches in steps for b in batches for i in b)
+    assert seen == list(range(N))
+    # Buckets are chosen in a seeded order, not one bucket after another.
+    order = [int(bucket[b[0]]) for b in steps[0]]
+    assert order != sorted(order)
+
+
+def test_given_buckets_fix_batch_sizes_and_take_over_the_caps():
+    s = LengthBucketSampler(TOKENS, SAMPLES, buckets=BOXES, max_tokens=1, max_frames=1, seed=1)
+    bucket = first_fit(SAMPLES // 160, TOKENS, BOXES)
+    sizes = sorted(BOXES)
+    per_bucket: dict[int, list[int]] = {}
+    for b in s:
+        (k,) = set(bucket[b])
+        per_bucket.setdefault(int(k), []).append(len(b))
+    for k, lens in per_bucket.items():
+        size, count = sizes[k][2], int((bucket == k).sum())
+        assert sorted(lens, reverse=True) == [size] * (count // size) + ([count % size] if count % size else [])
+    # Utterances beyond every bucket are batched one at a time.
+    odd = LengthBucketSampler([5, 5, 90, 95, 5], [16000] * 5, buckets=[(200, 10, 8)], seed=0)
+    assert sorted(sorted(b) for b in odd.epoch_batches(0)) == [[0, 1, 4], [2], [3]]
+
+
+def skewed_lengths(n=3000, seed=0):
+    """Speech frames gamma-distributed; tokens follow frames loosely with a heavy tail (translations of
+    the same duration differ a lot in length)."""
+    rng = np.random.default_rng(seed)
+    frames = rng.gamma(3.0, 120.0, n).clip(50, 1100).astype(np.int64)
+    tokens = (frames / 12 * rng.lognormal(0.0, 0.5, n)).clip(3, 250).astype(np.int64)
+    return frames, tokens
+
+
+def token_padding(batches, tokens):
+    return sum(len(b) * tokens[b].max() for b in batches) / sum(tokens[b].sum() for b in batches)
+
+
+def test_2d_buckets_pad_fewer_tokens_than_1d():
+    frames, tokens = skewed_lengths()
+    kw = dict(max_frames=8000, max_tokens=1500, num_buckets=10, seed=0)
+    one_d = LengthBucketSampler(tokens, frames * 160, num_token_buckets=1, **kw)
+    two_d = LengthBucketSampler(tokens, frames * 160, num_token_buckets=4, **kw)
+    ratio_1d, ratio_2d = (token_padding(s.epoch_batches(0), tokens) for s in (one_d, two_d))
+    assert ratio_2d < 0.8 * ratio_1d
+    assert two_d.padding_ratios(0)["tokens"] == pytest.approx(ratio_2d)
+    # Speech padding stays small: each bucket is still packed in length order.
+    assert one_d.padding_ratios(0)["frames"] < 1.05 and two_d.padding_ratios(0)["frames"] < 1.05
+
+
+def test_small_data_is_not_cut_into_tiny_buckets():
+    frames, tokens = skewed_lengths(n=40)
+    kw = dict(max_frames=4000, max_tokens=1024, seed=0)
+    one = LengthBucketSampler(tokens, frames * 160, num_buckets=1, num_token_buckets=1, **kw)
+    default = LengthBucketSampler(tokens, frames * 160, **kw)
+    assert len(default.epoch_batches(0)) <= len(one.epoch_batches(0)) + 1
+
+
+def test_pack_and_longest_first_batches():
+    durations = [1.0, 5.0, 2.0, 2.0, 9.0, 0.5, 30.0]
+    # sorted: 30 | 9 | 5+2 (2 x 5 <= 10) | 2+1+0.5 (3 x 2 <= 10, at most 3): worked out by hand
+    assert longest_first_batches(durations, max_frames=10.0, max_batch_size=3) == [[6], [4], [1, 2], [3, 0, 5]]
+    assert longest_first_batches([1.0] * 6, max_frames=100.0, max_batch_size=64,
+                                 keys=["fr", "de", "fr", "de", "fr", "ja"]) == [[0, 2, 4], [1, 3], [5]]
+    tokens = np.array([4, 9, 3])
+    assert pack([0, 1, 2], None, tokens, max_tokens=18) == [[0, 1], [2]]  # 2 x 9 <= 18, then 3 x 9 > 18
+
+
+def test_padding_counts_from_masks():
+    batch = {"speech_mask": torch.tensor([[1, 1, 1], [1, 0, 0]]), "transcript_mask": torch.tensor([[1, 1], [1, 0]]),
+             "translation_mask": torch.tensor([[1, 1, 1, 1]])}
+    assert padding_counts(batch) == {"frames": (6, 4), "tokens": (8, 7)}
+    assert padding_counts({"transcript_mask": torch.ones(2, 3)}) == {"tokens": (6, 6)}
+
+
 def test_collator_pads_text_and_computes_features():
     items = [
         {"id": "a", "src_lang": "fr", "src_lang_id": 7, "transcript_ids": [7, 10, 11, 2],
@@ -90,3 +183,19 @@ def test_collator_pads_text_and_computes_features():
     assert "speech" not in text and text["transcript_ids"].dtype == torch.long
     assert Collator(pad_id=1)([None]) is None
     assert pad_ids([], 1)[0].shape == (0, 0)
+
+
+def test_bucket_config_keys_load_and_are_checked(tmp_path):
+    from comsl.config import BucketConfig, load_config
+    from comsl.errors import ConfigError
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data:\n  train_manifest: x.tsv\n  buckets:\n  - {max_frames: 300, max_tokens: 20, batch_size: 12}\n")
+    assert load_config(cfg).data.buckets == [BucketConfig(max_frames=300, max_tokens=20, batch_size=12)]
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg, ["data.buckets=[{max_frames: 300, max_tokens: 0, batch_size: 0}]", "data.num_buckets=0"])
+    for line in ("data.buckets[0].batch_size: must be >= 1, got 0", "data.buckets[0].max_tokens: must be >= 1",
+                 "data.num_buckets: must be >= 1"):
+        assert line in str(err.value)
+    with pytest.raises(ConfigError, match=r"data.buckets\[0\].batch: unknown key"):
+        load_config(cfg, ["data.buckets=[{max_frames: 300, batch: 4}]"])
