@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from comsl.data.audio import SAMPLING_RATE
+from comsl.data.batching import FRAMES_PER_SECOND, longest_first_batches
 from comsl.errors import CheckpointError, ComSLError, DataError
 from comsl.languages import TARGET_CODE, normalize_lang, parse_langs
 
@@ -126,30 +127,6 @@ def read_utterances(path: str | os.PathLike, langs: Iterable[str] | None = None)
         which = f" for languages {', '.join(sorted(wanted))}" if wanted else ""
         raise DataError(f"{path}: no utterances{which}")
     return out
-
-
-def make_batches(
-    durations: Sequence[float], batch_seconds: float, max_batch_size: int, keys: Sequence[str] | None = None
-) -> list[list[int]]:
-    """Indices grouped into batches: longest first, ``len(batch) * longest <= batch_seconds``
-    (an utterance longer than the cap goes alone), at most ``max_batch_size``, and when ``keys``
-    is given one key per batch. Every index appears exactly once; the order is deterministic."""
-    order = sorted(range(len(durations)), key=lambda i: (-durations[i], i))
-    groups: dict[str, list[int]] = {}
-    for i in order:
-        groups.setdefault(keys[i] if keys is not None else "", []).append(i)
-    batches: list[list[int]] = []
-    for members in groups.values():
-        batch: list[int] = []
-        for i in members:
-            longest = durations[batch[0]] if batch else durations[i]
-            if batch and ((len(batch) + 1) * longest > batch_seconds or len(batch) >= max_batch_size):
-                batches.append(batch)
-                batch = []
-            batch.append(i)
-        if batch:
-            batches.append(batch)
-    return batches
 
 
 class Decoder:
@@ -262,7 +239,9 @@ class Decoder:
         first few ids."""
         cfg = self.config
         keys = [u.src_lang for u in utts] if cfg.task == "asr" else None
-        batches = make_batches([u.duration for u in utts], cfg.batch_seconds, cfg.max_batch_size, keys)
+        batches = longest_first_batches([u.duration * FRAMES_PER_SECOND for u in utts],
+                                        max_frames=cfg.batch_seconds * FRAMES_PER_SECOND,
+                                        max_batch_size=cfg.max_batch_size, keys=keys)
         hyps: list[str] = [""] * len(utts)
         bar = tqdm(total=len(utts), desc=f"decoding ({cfg.task}, beam {cfg.beam})", unit="utt",
                    disable=not progress)

@@ -1,28 +1,12 @@
-"""comsl/evaluation/decode.py: batching, manifest reading and settings validation (no model needed)."""
+"""comsl/evaluation/decode.py: manifest reading and settings validation (no model needed; its batching is
+comsl.data.batching.longest_first_batches, tested in tests/data/test_batching.py)."""
 
 import pytest
 
 from comsl.errors import ComSLError, DataError
-from comsl.evaluation.decode import DecodeConfig, make_batches, manifest_path, read_utterances
+from comsl.evaluation.decode import DecodeConfig, manifest_path, read_utterances
 
 COLUMNS = "id\taudio\tn_samples\tduration\tsrc_lang\ttgt_lang\ttranscript\ttranslation\n"
-
-
-def test_batches_sorted_capped_and_complete():
-    durations = [1.0, 5.0, 2.0, 2.0, 9.0, 0.5, 30.0]
-    batches = make_batches(durations, batch_seconds=10.0, max_batch_size=3)
-    assert batches == [[6], [4], [1], [2, 3, 0], [5]] or sorted(sum(batches, [])) == list(range(7))
-    assert sorted(i for b in batches for i in b) == list(range(len(durations)))
-    for b in batches:
-        assert len(b) <= 3
-        assert len(b) == 1 or len(b) * max(durations[i] for i in b) <= 10.0
-        assert [durations[i] for i in b] == sorted((durations[i] for i in b), reverse=True)
-    assert make_batches(durations, 10.0, 3) == batches  # deterministic
-
-
-def test_batches_one_key_each():
-    batches = make_batches([1.0] * 6, 100.0, 64, keys=["fr", "de", "fr", "de", "fr", "ja"])
-    assert batches == [[0, 2, 4], [1, 3], [5]]
 
 
 def test_read_utterances_filters_languages(tmp_path):
