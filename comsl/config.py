@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -484,22 +485,71 @@ def save_config(cfg: Any, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
+def _range_problems(cfg: "ExperimentConfig") -> list[str]:
+    """Numbers outside their meaningful range; NaN fails every check (``not x >= 0`` is true for NaN)."""
+    o, t, op, d, m = cfg.objectives, cfg.train, cfg.optim, cfg.data, cfg.model
+    checks: list[tuple[str, Any, bool, str]] = []
+    for name in ("w_asr", "w_st", "w_mt", "w_cml", "w_erm", "w_ctc", "w_match"):
+        checks.append((f"objectives.{name}", getattr(o, name), math.isfinite(getattr(o, name))
+                       and getattr(o, name) >= 0, ">= 0"))
+    for name in ("lambda_st", "lambda_mt", "mask_prob", "label_smoothing"):
+        checks.append((f"objectives.{name}", getattr(o, name), 0.0 <= getattr(o, name) <= 1.0, "in [0, 1]"))
+    checks += [
+        ("objectives.erm_layer", o.erm_layer, o.erm_layer >= 1, ">= 1"),
+        ("train.freeze_speech_fraction", t.freeze_speech_fraction, 0.0 <= t.freeze_speech_fraction <= 1.0,
+         "in [0, 1]"),
+        ("train.max_steps", t.max_steps, t.max_steps >= 1, ">= 1"),
+        ("train.grad_accum", t.grad_accum, t.grad_accum >= 1, ">= 1"),
+        ("train.log_every", t.log_every, t.log_every >= 1, ">= 1"),
+        ("train.save_every", t.save_every, t.save_every >= 1, ">= 1"),
+        ("train.eval_every", t.eval_every, t.eval_every >= 0, ">= 0 (0 = only at the end)"),
+        ("train.eval_beam", t.eval_beam, t.eval_beam >= 1, ">= 1"),
+        ("train.keep_last", t.keep_last, t.keep_last >= 1, ">= 1"),
+        ("train.keep_best", t.keep_best, t.keep_best >= 0, ">= 0"),
+        ("train.max_nonfinite_steps", t.max_nonfinite_steps, t.max_nonfinite_steps >= 1, ">= 1"),
+        ("train.stop_after", t.stop_after, t.stop_after >= 0, ">= 0 (0 = run to max_steps)"),
+        ("optim.lr", op.lr, math.isfinite(op.lr) and op.lr > 0, "finite and > 0"),
+        ("optim.eps", op.eps, math.isfinite(op.eps) and op.eps > 0, "finite and > 0 (0 divides by zero)"),
+        ("optim.weight_decay", op.weight_decay, math.isfinite(op.weight_decay) and op.weight_decay >= 0, ">= 0"),
+        ("optim.warmup_steps", op.warmup_steps, op.warmup_steps >= 0, ">= 0"),
+        ("optim.power", op.power, math.isfinite(op.power) and op.power > 0, "finite and > 0"),
+        ("optim.end_lr", op.end_lr, math.isfinite(op.end_lr) and 0 <= op.end_lr <= op.lr, "in [0, optim.lr]"),
+        ("optim.max_grad_norm", op.max_grad_norm, math.isfinite(op.max_grad_norm) and op.max_grad_norm >= 0,
+         "finite and >= 0 (0 = no clipping)"),
+        ("data.max_frames_per_batch", d.max_frames_per_batch, d.max_frames_per_batch >= 1, ">= 1"),
+        ("data.max_tokens_per_batch", d.max_tokens_per_batch, d.max_tokens_per_batch >= 1, ">= 1"),
+        ("data.max_fail_fraction", d.max_fail_fraction, 0.0 <= d.max_fail_fraction <= 1.0, "in [0, 1]"),
+        ("data.dev_max_utterances", d.dev_max_utterances, d.dev_max_utterances >= 1, ">= 1"),
+        ("data.train_sample_utterances", d.train_sample_utterances, d.train_sample_utterances >= 0, ">= 0"),
+        ("data.eval_max_new_tokens", d.eval_max_new_tokens, d.eval_max_new_tokens >= 1, ">= 1"),
+        ("data.num_workers", d.num_workers, d.num_workers >= 0, ">= 0"),
+        ("data.audio_cache_mb", d.audio_cache_mb, math.isfinite(d.audio_cache_mb) and d.audio_cache_mb >= 0,
+         ">= 0 (0 = no cache)"),
+        ("train.speech_cache_mb", t.speech_cache_mb, math.isfinite(t.speech_cache_mb) and t.speech_cache_mb >= 0,
+         ">= 0"),
+        ("model.max_speech_seconds", m.max_speech_seconds, math.isfinite(m.max_speech_seconds)
+         and m.max_speech_seconds > 0, "finite and > 0"),
+    ]
+    for name in ("adapter_dropout", "speech_dropout", "text_dropout", "text_attention_dropout"):
+        checks.append((f"model.{name}", getattr(m, name), 0.0 <= getattr(m, name) < 1.0, "in [0, 1)"))
+    for i, beta in enumerate(op.betas):
+        checks.append((f"optim.betas[{i}]", beta, 0.0 <= beta < 1.0, "in [0, 1)"))
+    for part, lr in op.lr_per_part.items():
+        checks.append((f"optim.lr_per_part.{part}", lr, math.isfinite(lr) and lr >= 0, "finite and >= 0"))
+    return [f"{key}: must be {what}, got {value}" for key, value, ok, what in checks if not ok]
+
+
+def _paths_inside(inner: str, outer: str) -> bool:
+    a, b = Path(inner).expanduser().resolve(), Path(outer).expanduser().resolve()
+    return a == b or b in a.parents
+
+
 def validate(cfg: Any, source: str = "config") -> None:
     """Value checks beyond types (ranges, required combinations). Raises ConfigError listing all."""
     if not isinstance(cfg, ExperimentConfig):
         return
-    errors = []
-    o, t, op = cfg.objectives, cfg.train, cfg.optim
-    for name in ("w_asr", "w_st", "w_mt", "w_cml", "w_erm", "w_ctc", "w_match"):
-        if getattr(o, name) < 0:
-            errors.append(f"objectives.{name}: must be >= 0, got {getattr(o, name)}")
-    for name in ("lambda_st", "lambda_mt", "mask_prob", "label_smoothing"):
-        if not 0.0 <= getattr(o, name) <= 1.0:
-            errors.append(f"objectives.{name}: must be in [0, 1], got {getattr(o, name)}")
-    if o.erm_layer < 1:
-        errors.append(f"objectives.erm_layer: must be >= 1, got {o.erm_layer}")
-    if not 0.0 <= t.freeze_speech_fraction <= 1.0:
-        errors.append(f"train.freeze_speech_fraction: must be in [0, 1], got {t.freeze_speech_fraction}")
+    t, op = cfg.train, cfg.optim
+    errors = _range_problems(cfg)
     if t.cache_frozen_speech and t.speech_trainable and t.freeze_speech_fraction < 1.0:
         errors.append("train.cache_frozen_speech: needs speech blocks frozen for the whole run "
                       "(train.speech_trainable=false or train.freeze_speech_fraction=1.0)")
@@ -509,20 +559,15 @@ def validate(cfg: Any, source: str = "config") -> None:
         # a cache hit skips the encoder's forward on one rank while another gathers its ZeRO-3 shards
         errors.append("train.cache_frozen_speech: not with ZeRO-3 (ranks must run the same forwards); "
                       "set it false or use train.zero_stage 2")
-    if cfg.data.audio_cache_mb < 0:
-        errors.append(f"data.audio_cache_mb: must be >= 0, got {cfg.data.audio_cache_mb}")
-    if t.speech_cache_mb < 0:
-        errors.append(f"train.speech_cache_mb: must be >= 0, got {t.speech_cache_mb}")
-    if t.max_steps < 1:
-        errors.append(f"train.max_steps: must be >= 1, got {t.max_steps}")
-    if t.grad_accum < 1:
-        errors.append(f"train.grad_accum: must be >= 1, got {t.grad_accum}")
     if t.zero_stage is not None and t.zero_stage not in (0, 1, 2, 3):
         errors.append(f"train.zero_stage: must be 0, 1, 2 or 3, got {t.zero_stage}")
     if t.engine == "deepspeed" and not t.deepspeed_config and t.zero_stage is None:
         errors.append("train.deepspeed_config: required with engine=deepspeed (or set train.zero_stage)")
-    if op.lr <= 0:
-        errors.append(f"optim.lr: must be > 0, got {op.lr}")
+    for key in ("init_from", "teacher"):
+        src = getattr(t, key)
+        if src and _paths_inside(src, t.out_dir):
+            errors.append(f"train.{key}: {src} lies inside train.out_dir ({t.out_dir}), which this run writes "
+                          "(checkpoints/, best/, final/); give this run its own train.out_dir")
     if len(op.betas) != 2:
         errors.append(f"optim.betas: expected two values, got {len(op.betas)}")
     parts = {"speech_encoder", "adapter", "text_encoder", "text_decoder"}

@@ -61,6 +61,46 @@ def test_wrong_type_and_override_errors(tmp_path):
     assert load_config(good, ["optim.lr=3e-4", "data.langs=[fr,de]"]).optim.lr == 3e-4
 
 
+BAD_VALUES = {
+    "optim.eps=0": "optim.eps: must be finite and > 0",
+    "optim.lr=.nan": "optim.lr: must be finite and > 0, got nan",
+    "optim.lr=.inf": "optim.lr: must be finite and > 0, got inf",
+    "optim.betas=[0.9,1.0]": "optim.betas[1]: must be in [0, 1)",
+    "optim.warmup_steps=-1": "optim.warmup_steps: must be >= 0, got -1",
+    "optim.max_grad_norm=.nan": "optim.max_grad_norm: must be finite and >= 0",
+    "objectives.w_st=.nan": "objectives.w_st: must be >= 0, got nan",
+    "train.log_every=0": "train.log_every: must be >= 1, got 0",
+    "train.save_every=0": "train.save_every: must be >= 1, got 0",
+    "train.eval_every=-5": "train.eval_every: must be >= 0 (0 = only at the end), got -5",
+    "train.keep_last=0": "train.keep_last: must be >= 1, got 0",
+    "train.stop_after=-1": "train.stop_after: must be >= 0",
+    "data.max_tokens_per_batch=0": "data.max_tokens_per_batch: must be >= 1, got 0",
+    "data.max_frames_per_batch=-3": "data.max_frames_per_batch: must be >= 1, got -3",
+    "data.num_workers=-1": "data.num_workers: must be >= 0",
+    "model.text_dropout=1.0": "model.text_dropout: must be in [0, 1)",
+    "train.init_from=RUN/final": "train.init_from: RUN/final lies inside train.out_dir (RUN)",
+    "train.teacher=RUN": "train.teacher: RUN lies inside train.out_dir (RUN)",
+}
+
+
+@pytest.mark.parametrize("override", sorted(BAD_VALUES))
+def test_values_out_of_range_are_refused_by_key(tmp_path, override):
+    good = tmp_path / "good.yaml"
+    good.write_text("data:\n  train_manifest: x.tsv\n")
+    run = str(tmp_path / "run")
+    with pytest.raises(ConfigError) as err:
+        load_config(good, [override.replace("RUN", run), f"train.out_dir={run}"])
+    assert BAD_VALUES[override].replace("RUN", run) in str(err.value)
+
+
+def test_a_stage_reading_another_run_dir_is_accepted(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text("data:\n  train_manifest: x.tsv\n")
+    cfg = load_config(good, [f"train.out_dir={tmp_path}/stage2", f"train.init_from={tmp_path}/stage1/final",
+                             f"train.teacher={tmp_path}/stage1"])
+    assert cfg.train.teacher == f"{tmp_path}/stage1"
+
+
 # ------------------------------------------------------------------ swaps on tiny stand-in weights
 
 SPEECH_STANDINS = {"whisper": (WhisperConfig, WhisperForConditionalGeneration), "wav2vec2": (Wav2Vec2Config, Wav2Vec2Model),

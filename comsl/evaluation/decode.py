@@ -157,9 +157,9 @@ class Decoder:
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | os.PathLike, config: DecodeConfig) -> "Decoder":
-        """Load the model and its processor from ``checkpoint`` (see evaluation.checkpoint.resolve_checkpoint)."""
+        """Load the model and its processor from ``checkpoint`` (see comsl.run_layout.resolve_checkpoint)."""
         from comsl.models.composite import ComSLModel
-        from comsl.evaluation.checkpoint import resolve_checkpoint
+        from comsl.run_layout import resolve_checkpoint
 
         model_dir = resolve_checkpoint(checkpoint)
         try:

@@ -9,8 +9,11 @@ decoder, a CTC head) are counted as ignored in the report.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import json
 import logging
+import re
 from collections import Counter
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -81,10 +84,64 @@ def _apply_dropout(kind: str, cfg: PreTrainedConfig, p: float) -> None:
             setattr(cfg, name, p)
 
 
+_SIZE_FIELD = re.compile(r"(layers|heads|_dim|d_model|hidden_size|intermediate_size|positions|vocab_size)$")
+_WIDTH_HEADS = (("d_model", "encoder_attention_heads"), ("d_model", "decoder_attention_heads"),
+                ("hidden_size", "num_attention_heads"))
+
+
+def _arch_problems(config_cls: type[PreTrainedConfig], arch: dict, part: str) -> list[str]:
+    """Unknown keys (typos), values of the wrong type and non-positive sizes in ``model.<part>_arch``."""
+    if not dataclasses.is_dataclass(config_cls):
+        return []
+    defaults = {f.name: f.default for f in dataclasses.fields(config_cls)}
+    aliases = getattr(config_cls, "attribute_map", None) or {}
+    known = set(defaults) | set(aliases)
+    problems = []
+    for key, value in arch.items():
+        path = f"model.{part}_arch.{key}"
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            problems.append(f"{path}: unknown {config_cls.__name__} field"
+                            + (f" (did you mean {close[0]!r}?)" if close else ""))
+            continue
+        default = defaults.get(aliases.get(key, key))
+        if isinstance(default, (bool, int, float, str)):
+            want = bool if isinstance(default, bool) else float if isinstance(default, float) else type(default)
+            ok = isinstance(value, want) and not (want is int and isinstance(value, bool))
+            ok = ok or (want is float and isinstance(value, int) and not isinstance(value, bool))
+            if not ok:
+                problems.append(f"{path}: expected {want.__name__}, got {type(value).__name__} ({value!r})")
+                continue
+        if _SIZE_FIELD.search(key) and isinstance(value, int) and not isinstance(value, bool) and value < 1:
+            problems.append(f"{path}: must be >= 1, got {value}")
+    return problems
+
+
+def _width_problems(cfg: PreTrainedConfig, part: str) -> list[str]:
+    out = []
+    for width, heads in _WIDTH_HEADS:
+        w, h = getattr(cfg, width, None), getattr(cfg, heads, None)
+        if isinstance(w, int) and isinstance(h, int) and h > 0 and w % h:
+            out.append(f"model.{part}_arch: {width}={w} is not divisible by {heads}={h}")
+    return out
+
+
 def _backbone_config(config_cls: type[PreTrainedConfig], pretrained: str | None, arch: dict, part: str,
                      family_field: str, family: str, defaults: dict | None = None) -> PreTrainedConfig:
     """A backbone config: read from the pretrained directory (then ``arch`` applied on top), or the
     family's default with ``defaults`` and ``arch``. Raises ConfigError naming the field at fault."""
+    problems = _arch_problems(config_cls, arch, part)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    cfg = _read_backbone_config(config_cls, pretrained, arch, part, family_field, family, defaults)
+    problems = _width_problems(cfg, part)
+    if problems:
+        raise ConfigError("; ".join(problems) + " (attention splits the width into equal heads)")
+    return cfg
+
+
+def _read_backbone_config(config_cls: type[PreTrainedConfig], pretrained: str | None, arch: dict, part: str,
+                          family_field: str, family: str, defaults: dict | None) -> PreTrainedConfig:
     if pretrained:
         cfg = AutoConfig.from_pretrained(_existing_dir(pretrained, f"model.{part}_pretrained"))
         if not isinstance(cfg, config_cls):
@@ -95,7 +152,7 @@ def _backbone_config(config_cls: type[PreTrainedConfig], pretrained: str | None,
         return cfg
     try:
         return config_cls(**{**(defaults or {}), **arch})
-    except TypeError as err:
+    except (TypeError, ValueError) as err:
         raise ConfigError(f"model.{part}_arch: {err}") from err
 
 

@@ -1,16 +1,5 @@
-"""Atomic checkpoints, structural checks, retention, RNG state and model export.
-
-Layout of ``<out_dir>/checkpoints/step_<N>/`` (written as ``step_<N>.tmp/``, renamed when complete)::
-
-    COMPLETE               completion marker, written last (a directory without it is never resumed)
-    trainer_state.json     step, epoch, position in the epoch, non-finite counters, dev BLEU, best list
-    structure.json         name -> shape of every parameter/buffer (checked before loading)
-    config.yaml            resolved run config (differences on resume are warnings)
-    rank_<r>.pt            per-rank RNG (python, numpy, torch, cuda), sampler and loss-scaler state
-    model.safetensors      torch engine: the full model state
-    optimizer.pt           torch engine: optimizer state (loaded with ``weights_only=True``)
-    deepspeed/             DeepSpeed engine: its own (partitioned) model/optimizer files
-    model/                 optional self-contained export (``save_pretrained``)
+"""Writing and reading checkpoints: atomic saves, checksums, structural checks, retention, RNG state and
+model export. The layout (names, marker, listing) is ``comsl.run_layout``'s.
 """
 
 from __future__ import annotations
@@ -18,7 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -29,36 +17,15 @@ import yaml
 from torch import nn
 
 from comsl.errors import CheckpointError
+from comsl.run_layout import MARKER, TMP_SUFFIX, list_checkpoints, write_checksums
 
 log = logging.getLogger(__name__)
 
-MARKER = "COMPLETE"
-STEP_DIR = re.compile(r"^step_(\d+)$")
+RANK_SEED_STRIDE = 7919
+"""Rank r seeds its RNGs with ``seed + RANK_SEED_STRIDE * r``: a prime, so ranks of nearby seeds differ."""
 
-
-def step_dir(root: Path, step: int) -> Path:
-    return root / f"step_{step}"
-
-
-def list_checkpoints(root: Path) -> tuple[list[tuple[int, Path]], list[tuple[Path, str]]]:
-    """Complete checkpoints ``[(step, dir)]`` sorted by step, and ignored directories with the reason."""
-    complete, ignored = [], []
-    if not root.is_dir():
-        return complete, ignored
-    for d in sorted(root.iterdir()):
-        if not d.is_dir():
-            continue
-        m = STEP_DIR.match(d.name)
-        if d.name.endswith(".tmp"):
-            ignored.append((d, "unfinished write (.tmp)"))
-        elif m is None:
-            ignored.append((d, "not a step_<N> directory"))
-        elif not (d / MARKER).is_file():
-            ignored.append((d, f"no {MARKER} marker"))
-        else:
-            complete.append((int(m.group(1)), d))
-    complete.sort()
-    return complete, ignored
+EPOCH_SEED_STRIDE = 1000
+"""Per-epoch generators are seeded ``seed * EPOCH_SEED_STRIDE + epoch``: distinct for runs of < 1000 epochs."""
 
 
 # --------------------------------------------------------------------------- RNG
@@ -89,6 +56,16 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def _tuplify(x: Any) -> Any:
     return tuple(_tuplify(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of rank ``rank`` of a run seeded ``seed``."""
+    return seed + RANK_SEED_STRIDE * rank
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of a generator used only in epoch ``epoch`` (data order, loader workers)."""
+    return seed * EPOCH_SEED_STRIDE + epoch
 
 
 def seed_everything(seed: int) -> None:
@@ -151,7 +128,11 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
+    """Parsed JSON of a checkpoint file; CheckpointError naming it when missing or malformed."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise CheckpointError(f"{path}: unreadable ({err})") from err
 
 
 def write_common_files(tmp: Path, *, trainer_state: dict, structure: dict, run_config: dict) -> None:
@@ -162,11 +143,27 @@ def write_common_files(tmp: Path, *, trainer_state: dict, structure: dict, run_c
 
 
 def finalize(tmp: Path, final: Path) -> None:
-    """Write the marker, then make the checkpoint visible under its final name in one rename."""
+    """Record checksums, write the marker, then make the checkpoint visible under its final name in one
+    rename."""
+    write_checksums(tmp)
     (tmp / MARKER).write_text("ok\n")
     if final.exists():
-        shutil.rmtree(final)
+        remove_checkpoint(final)
     tmp.rename(final)
+
+
+def remove_checkpoint(d: Path) -> None:
+    """Delete a checkpoint marker first, so an interrupted deletion leaves an incomplete directory
+    (ignored everywhere), never a complete-looking one with files missing."""
+    (d / MARKER).unlink(missing_ok=True)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def _dev_bleu(d: Path) -> float | None:
+    try:
+        return read_json(d / "trainer_state.json").get("dev_bleu_avg")
+    except CheckpointError:
+        return None  # damaged (e.g. a deletion interrupted before the marker went): never ranked best
 
 
 def retain(root: Path, keep_last: int, keep_best: int) -> list[Path]:
@@ -178,7 +175,7 @@ def retain(root: Path, keep_last: int, keep_best: int) -> list[Path]:
     keep = {d for _, d in complete[-max(keep_last, 1):]}
     scored = []
     for step, d in complete:
-        bleu = read_json(d / "trainer_state.json").get("dev_bleu_avg")
+        bleu = _dev_bleu(d)
         if bleu is not None:
             scored.append((bleu, step, d))
     scored.sort(key=lambda x: (-x[0], x[1]))
@@ -186,7 +183,7 @@ def retain(root: Path, keep_last: int, keep_best: int) -> list[Path]:
     deleted = []
     for _, d in complete:
         if d not in keep:
-            shutil.rmtree(d, ignore_errors=True)
+            remove_checkpoint(d)
             deleted.append(d)
     return deleted
 
@@ -194,7 +191,7 @@ def retain(root: Path, keep_last: int, keep_best: int) -> list[Path]:
 def export_model(model: nn.Module, target: Path, tokenizer: Any = None) -> None:
     """Write a self-contained model directory: ``model.save_pretrained`` when the model has it, else
     ``model.safetensors`` of its state; plus the tokenizer. Written beside ``target`` and renamed."""
-    tmp = target.with_name(target.name + ".tmp")
+    tmp = target.with_name(target.name + TMP_SUFFIX)
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)

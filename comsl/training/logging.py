@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,8 @@ class MetricsLogger:
     in TensorBoard under ``<out_dir>/tensorboard``.
 
     On resume from step ``start_step`` records beyond it (written after the checkpoint by the
-    interrupted run) are dropped, so the file reads as one uninterrupted run.
+    interrupted run) are dropped, so the file reads as one uninterrupted run. The shortened file is
+    written beside it and renamed over it: a kill at any moment leaves the old or the new history whole.
     """
 
     def __init__(self, out_dir: Path, *, enabled: bool, start_step: int):
@@ -33,9 +35,12 @@ class MetricsLogger:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= self.start_step]
-            self.path.write_text("".join(line + "\n" for line in kept))
+            lines = self.path.read_text().splitlines()
+            kept = [line for line in lines if line.strip() and _step_of(line) <= self.start_step]
+            if len(kept) != len(lines):
+                tmp = self.path.with_name(self.path.name + ".tmp")
+                tmp.write_text("".join(line + "\n" for line in kept))
+                os.replace(tmp, self.path)
         self._file = self.path.open("a")
         from torch.utils.tensorboard import SummaryWriter
         self._writer = SummaryWriter(str(self.path.parent / "tensorboard"), purge_step=self.start_step + 1)
@@ -58,6 +63,14 @@ class MetricsLogger:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def _step_of(line: str) -> float:
+    """Step of a metrics record; a line cut short by a kill mid-write counts as beyond any resume point."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

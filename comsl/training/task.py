@@ -39,9 +39,9 @@ from comsl.models import ComSLModel
 from comsl.models.build import build_model
 from comsl.models.speech_cache import cache_speech_encoder
 from comsl.objectives import ComSLMultiTaskLoss
+from comsl.run_layout import resolve_checkpoint
 from comsl.training.checkpoint import seed_everything
 from comsl.training.engine import dist_info
-from comsl.evaluation.checkpoint import resolve_checkpoint
 
 
 @dataclass(kw_only=True)

@@ -23,12 +23,14 @@ from typing import Any, Iterator
 import torch
 import yaml
 
+from comsl import run_layout as layout
 from comsl.config import OptimConfig, TrainConfig
 from comsl.data.batching import padding_counts
 from comsl.errors import CheckpointError, ComSLError, DataError
 from comsl.training import checkpoint as ckpt
 from comsl.training.engine import Engine, build_engine, param_shapes
 from comsl.training.logging import MetricsLogger, plot_loss_curve, progress_bar
+from comsl.training.run_lock import RunDirLockedError, RunLock
 from comsl.training.schedule import (SPEECH, PolynomialDecaySchedule, apply_trainable_switches,
                                      freeze_steps, main_lr, param_groups, part_of)
 from comsl.training.task import TrainTask
@@ -54,6 +56,32 @@ class FitResult:
 
     best_bleu: float | None
     """Best dev BLEU average seen (None = never evaluated)."""
+
+
+class _Window:
+    """Losses of the finite steps since the last log record, and the utterances seen."""
+
+    def __init__(self):
+        self.losses: dict[str, list] = {}  # loss name -> [sum over finite steps, count]
+        self.steps = 0
+        self.utts = 0
+        self.start = time.perf_counter()
+
+    def add(self, losses: dict[str, float]) -> None:
+        self.steps += 1
+        for k, v in losses.items():
+            acc = self.losses.setdefault(k, [0.0, 0])
+            acc[0] += v
+            acc[1] += 1
+
+
+def _unused_name(path: Path) -> Path:
+    """``path``, or ``path.1``, ``path.2`` ... whichever does not exist yet."""
+    candidate, n = path, 0
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}.{n}")
+    return candidate
 
 
 class _Fetch:
@@ -91,7 +119,7 @@ class Trainer:
         self.run_config = run_config or {"train": dataclasses.asdict(train), "optim": dataclasses.asdict(optim)}
         self.num_workers = num_workers
         self.out_dir = Path(train.out_dir)
-        self.ckpt_root = self.out_dir / "checkpoints"
+        self.ckpt_root = self.out_dir / layout.CHECKPOINTS
         # Position in the run; all restored on resume.
         self.step = 0
         self.epoch = 0
@@ -153,7 +181,7 @@ class Trainer:
                 # Own generator: creating workers must not draw from the global RNG (exact resume).
                 loader = torch.utils.data.DataLoader(
                     remaining, batch_size=None, collate_fn=fetch, num_workers=self.num_workers,
-                    generator=torch.Generator().manual_seed(self.train.seed * 1000 + self.epoch))
+                    generator=torch.Generator().manual_seed(ckpt.epoch_seed(self.train.seed, self.epoch)))
                 items: Any = iter(loader)
             else:
                 items = map(fetch, remaining)
@@ -175,14 +203,15 @@ class Trainer:
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
             "nonfinite_consecutive": self.nonfinite_consecutive, "nonfinite_total": self.nonfinite_total,
             "best": self.best, "dev_bleu_avg": self.last_dev, "world_size": self.engine.world_size,
-            "engine": self.train.engine,
+            "engine": self.train.engine, "stage": self.train.stage,
         }
 
     def save_checkpoint(self) -> Path:
         """Write ``checkpoints/step_<step>`` atomically (every rank takes part); apply retention."""
         e = self.engine
-        final = ckpt.step_dir(self.ckpt_root, self.step)
-        tmp = final.with_name(final.name + ".tmp")
+        self._check_finite_weights("checkpoint")
+        final = layout.step_dir(self.ckpt_root, self.step)
+        tmp = final.with_name(final.name + layout.TMP_SUFFIX)
         if e.is_main:
             if tmp.exists():
                 shutil.rmtree(tmp)
@@ -209,24 +238,14 @@ class Trainer:
         return final
 
     def _resume(self) -> int | None:
-        """Load the newest complete checkpoint; returns its step (None when starting fresh)."""
+        """Load the newest complete checkpoint that verifies; returns its step (None when starting fresh)."""
         e = self.engine
-        complete, ignored = ckpt.list_checkpoints(self.ckpt_root)
-        if e.is_main:
-            for d, why in ignored:
-                log.warning("ignoring %s: %s", d, why)
-        if not complete:
+        d = self._verified_checkpoint()
+        if d is None:
             return None
-        step, d = complete[-1]
         ckpt.check_structure(d, param_shapes(self.task.model))
-        if e.is_main and (d / "config.yaml").is_file():
-            saved = yaml.safe_load((d / "config.yaml").read_text()) or {}
-            for line in ckpt.config_differences(saved, self.run_config):
-                log.warning("config differs from the checkpoint's: %s", line)
         state = ckpt.read_json(d / "trainer_state.json")
-        if state.get("engine", self.train.engine) != self.train.engine:
-            raise CheckpointError(f"{d}: written by engine={state['engine']}, this run uses "
-                                  f"engine={self.train.engine}; resume with the same engine")
+        self._check_same_run(d, state)
         e.load(d)
         self.step = state["step"]
         self.epoch = state["epoch"]
@@ -239,13 +258,72 @@ class Trainer:
         if rank_state is None:
             log.warning("%s: no RNG state for rank %d (different world size?); continuing with fresh "
                         "seeds: not an exact resume", d, e.rank)
-            ckpt.seed_everything(self.train.seed + 7919 * e.rank + self.step)
+            ckpt.seed_everything(ckpt.rank_seed(self.train.seed, e.rank) + self.step)
         else:
             ckpt.set_rng_state(rank_state["rng"])
             e.load_extra_state(rank_state)
         if e.is_main:
             log.info("resumed from %s (epoch %d, batch %d of the epoch)", d, self.epoch, self.batch_in_epoch)
-        return step
+        return self.step
+
+    def _verified_checkpoint(self) -> Path | None:
+        """The newest complete checkpoint whose files match their checksums. Newer ones that fail are
+        moved aside to ``step_<N>.corrupt`` (and said so); when none verifies, CheckpointError names the
+        newest one's bad file and nothing is moved."""
+        e = self.engine
+        complete, ignored = layout.list_checkpoints(self.ckpt_root)
+        if e.is_main:
+            for d, why in ignored:
+                log.warning("ignoring %s: %s", d, why)
+        failed: list[tuple[Path, str]] = []
+        for _, d in reversed(complete):
+            problem = e.broadcast_object(layout.checksum_problem(d) if e.is_main else None)
+            if problem is None:
+                if e.is_main:
+                    for bad, why in failed:
+                        aside = _unused_name(bad.with_name(bad.name + ".corrupt"))
+                        bad.rename(aside)
+                        log.warning("%s fails verification (%s): moved aside to %s", bad, why, aside.name)
+                    if failed:
+                        log.warning("falling back to %s, the newest checkpoint that verifies", d)
+                e.barrier()
+                return d
+            failed.append((d, problem))
+        if failed:
+            raise CheckpointError(f"{failed[0][1]}; no older checkpoint verifies either. Restore the file, or "
+                                  "start again in a new train.out_dir")
+        return None
+
+    def _check_same_run(self, d: Path, state: dict) -> None:
+        """Refuse a checkpoint of another engine or stage; list run-level config differences."""
+        saved: dict = {}
+        if (d / "config.yaml").is_file():
+            try:
+                saved = yaml.safe_load((d / "config.yaml").read_text()) or {}
+            except yaml.YAMLError as err:
+                raise CheckpointError(f"{d / 'config.yaml'}: not valid YAML ({err})") from err
+        if state.get("engine", self.train.engine) != self.train.engine:
+            raise CheckpointError(f"{d}: written by engine={state['engine']}, this run uses "
+                                  f"engine={self.train.engine}; resume with the same engine")
+        stage = state.get("stage", (saved.get("train") or {}).get("stage", self.train.stage))
+        if stage != self.train.stage:
+            raise CheckpointError(
+                f"{d}: written by a train.stage={stage} run, this run is train.stage={self.train.stage}; "
+                "each stage needs its own train.out_dir (stage 2 reads stage 1's model through train.init_from)")
+        if self.engine.is_main:
+            for line in ckpt.config_differences(saved, self.run_config):
+                log.warning("config differs from the checkpoint's: %s", line)
+
+    def _check_finite_weights(self, what: str) -> None:
+        """Stop before a NaN/inf weight reaches disk (a finite loss can still give a non-finite update)."""
+        bad = [n for n, p in self.task.model.named_parameters()
+               if not bool(torch.isfinite(getattr(p, "ds_tensor", p).detach()).all())]
+        if self.engine.any_rank(bool(bad)):
+            where = f" (first: {bad[0]})" if bad else " on another rank"
+            raise ComSLError(
+                f"step {self.step}: {len(bad) or 'some'} parameter(s) hold NaN/inf after the update{where}; "
+                f"no {what} written. Lower optim.lr or raise optim.eps, and rerun (it resumes from the last "
+                "checkpoint)")
 
     # ------------------------------------------------------------------ evaluation / export
 
@@ -278,6 +356,7 @@ class Trainer:
         return avg
 
     def _export(self, target: Path) -> None:
+        self._check_finite_weights(f"export to {target}")
         with self.engine.gathered_params():
             if self.engine.is_main:
                 ckpt.export_model(self.task.model, target, self.task.tokenizer)
@@ -286,12 +365,35 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def fit(self) -> FitResult:
-        """Train until ``max_steps`` (or ``stop_after``), resuming from the newest complete checkpoint."""
-        t = self.train
+        """Train until ``max_steps`` (or ``stop_after``), resuming from the newest complete checkpoint.
+        Holds ``<out_dir>/LOCK`` throughout: a second run on the same directory is refused."""
         if self.engine is None:
             self._setup()
+        lock = self._lock_run_dir()
+        try:
+            return self._fit()
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _lock_run_dir(self) -> RunLock | None:
+        """Rank 0 takes the run directory's lock; every rank raises when another run holds it."""
         e = self.engine
-        ckpt.seed_everything(t.seed + 7919 * e.rank)
+        lock, refused = None, None
+        if e.is_main:
+            try:
+                lock = RunLock(self.out_dir)
+                lock.acquire()
+            except RunDirLockedError as err:
+                lock, refused = None, str(err)
+        refused = e.broadcast_object(refused)
+        if refused is not None:
+            raise RunDirLockedError(refused)
+        return lock
+
+    def _fit(self) -> FitResult:
+        t, e = self.train, self.engine
+        ckpt.seed_everything(ckpt.rank_seed(t.seed, e.rank))
         resumed = self._resume()
         if e.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -301,64 +403,9 @@ class Trainer:
         logger.open()
         bar = progress_bar(total=t.max_steps, initial=self.step, enabled=e.is_main)
         self.task.model.train()
-        batches = self._batches()
-        window: dict[str, list] = {}  # loss name -> [sum over finite steps, count]
-        window_steps = 0
-        window_utts = 0
-        window_start = time.perf_counter()
-        saved_at = self.step if resumed is not None else None
         try:
-            while self.step < stop:
-                self.schedule.apply()
-                self._step_lr = main_lr(self.engine.optimizer.param_groups)
-                self._set_speech_frozen(self.schedule.speech_frozen() or not t.speech_trainable)
-                micro = [next(batches) for _ in range(t.grad_accum)]
-                window_utts += sum(n for n, _ in micro)
-                _add_padding(window, [b for _, b in micro])
-                losses = self._one_step([e.prepare(b) for _, b in micro])
-                self.step += 1
-                if losses is None:
-                    self.nonfinite_consecutive += 1
-                    self.nonfinite_total += 1
-                    if e.is_main:
-                        log.warning("step %d: non-finite loss, step skipped (%d in a row, %d in total)",
-                                    self.step, self.nonfinite_consecutive, self.nonfinite_total)
-                    if self.nonfinite_consecutive >= t.max_nonfinite_steps:
-                        raise ComSLError(
-                            f"{self.nonfinite_consecutive} consecutive steps had a non-finite loss (NaN/inf) "
-                            f"up to step {self.step} (train.max_nonfinite_steps={t.max_nonfinite_steps}); "
-                            "stopping. Lower optim.lr, check the data, or resume from an earlier checkpoint")
-                else:
-                    self.nonfinite_consecutive = 0
-                    window_steps += 1
-                    for k, v in losses.items():
-                        acc = window.setdefault(k, [0.0, 0])
-                        acc[0] += v
-                        acc[1] += 1
-                self.schedule.step()
-                bar.update(1)
-                if self.step % t.log_every == 0 or self.step == stop:
-                    record = self._log_record(window, window_steps, window_utts,
-                                              time.perf_counter() - window_start)
-                    logger.write(record)
-                    bar.set_postfix({k: v for k, v in (("loss", record.get("loss/total")),
-                                                       ("lr", record["lr"]),
-                                                       ("utt/s", record["utt_per_s"])) if v is not None},
-                                    refresh=False)
-                    window, window_steps, window_utts = {}, 0, 0
-                    window_start = time.perf_counter()
-                evaluated = False
-                if self.task.evaluate_fn is not None and (
-                        (t.eval_every > 0 and self.step % t.eval_every == 0) or self.step == t.max_steps):
-                    self._evaluate(logger)
-                    evaluated = True
-                if evaluated or self.step % t.save_every == 0 or self.step == stop:
-                    self.save_checkpoint()
-                    saved_at = self.step
-                    self.last_dev = None
+            self._train_until(stop, logger, bar, saved_at=self.step if resumed is not None else None)
             if self.step >= t.max_steps:
-                if saved_at != self.step:
-                    self.save_checkpoint()
                 self._export(self.out_dir / "final")
         finally:
             bar.close()
@@ -368,6 +415,63 @@ class Trainer:
         return FitResult(step=self.step, finished=self.step >= t.max_steps, resumed_from=resumed,
                          nonfinite_skipped=self.nonfinite_total,
                          best_bleu=max((b["bleu_avg"] for b in self.best), default=None))
+
+    def _train_until(self, stop: int, logger: MetricsLogger, bar, saved_at: int | None) -> None:
+        """Optimizer steps up to ``stop``: update, count non-finite steps, log, evaluate, save."""
+        t = self.train
+        batches = self._batches()
+        window = _Window()
+        while self.step < stop:
+            self.schedule.apply()
+            self._step_lr = main_lr(self.engine.optimizer.param_groups)
+            self._set_speech_frozen(self.schedule.speech_frozen() or not t.speech_trainable)
+            micro = [next(batches) for _ in range(t.grad_accum)]
+            window.utts += sum(n for n, _ in micro)
+            _add_padding(window.losses, [b for _, b in micro])
+            losses = self._one_step([self.engine.prepare(b) for _, b in micro])
+            self.step += 1
+            self._count_nonfinite(losses is None)
+            if losses is not None:
+                window.add(losses)
+            self.schedule.step()
+            bar.update(1)
+            if self.step % t.log_every == 0 or self.step == stop:
+                self._log_window(window, logger, bar)
+                window = _Window()
+            evaluated = False
+            if self.task.evaluate_fn is not None and (
+                    (t.eval_every > 0 and self.step % t.eval_every == 0) or self.step == t.max_steps):
+                self._evaluate(logger)
+                evaluated = True
+            if evaluated or self.step % t.save_every == 0 or self.step == stop:
+                self.save_checkpoint()
+                saved_at = self.step
+                self.last_dev = None
+        if self.step >= t.max_steps and saved_at != self.step:
+            self.save_checkpoint()
+
+    def _count_nonfinite(self, skipped: bool) -> None:
+        """Count a skipped (non-finite) step; too many in a row stop the run."""
+        if not skipped:
+            self.nonfinite_consecutive = 0
+            return
+        self.nonfinite_consecutive += 1
+        self.nonfinite_total += 1
+        if self.engine.is_main:
+            log.warning("step %d: non-finite loss, step skipped (%d in a row, %d in total)",
+                        self.step, self.nonfinite_consecutive, self.nonfinite_total)
+        limit = self.train.max_nonfinite_steps
+        if self.nonfinite_consecutive >= limit:
+            raise ComSLError(
+                f"{self.nonfinite_consecutive} consecutive steps had a non-finite loss (NaN/inf) "
+                f"up to step {self.step} (train.max_nonfinite_steps={limit}); "
+                "stopping. Lower optim.lr, check the data, or resume from an earlier checkpoint")
+
+    def _log_window(self, window: "_Window", logger: MetricsLogger, bar) -> None:
+        record = self._log_record(window.losses, window.steps, window.utts, time.perf_counter() - window.start)
+        logger.write(record)
+        bar.set_postfix({k: v for k, v in (("loss", record.get("loss/total")), ("lr", record["lr"]),
+                                           ("utt/s", record["utt_per_s"])) if v is not None}, refresh=False)
 
     def _one_step(self, micro: list[Any]) -> dict[str, float] | None:
         """Forward/backward every micro-batch and update; None when the step was skipped.

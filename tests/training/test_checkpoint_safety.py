@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from comsl import run_layout as layout
 from comsl.errors import CheckpointError
-from comsl.training import checkpoint as ckpt
 
 from .tiny_task import fit
 
@@ -25,8 +25,10 @@ class Planted:
         return (builtins.open, (self.marker, "w"))
 
 
-def plant(path: Path, marker: Path) -> None:
+def plant(path: Path, marker: Path, ckpt_dir: Path) -> None:
+    """Replace ``path`` and record its new checksum, as an attacker with write access can."""
     torch.save({"state": Planted(marker), "weights": torch.zeros(2)}, path)
+    layout.write_checksums(ckpt_dir)
 
 
 TORCH_FILES = ["rank_0.pt", "optimizer.pt"]
@@ -40,10 +42,11 @@ def test_planted_pickle_runs_nothing_and_names_the_file(tmp_path, engine, name):
     out = tmp_path / "run"
     kw = dict(max_steps=4, save_every=2, engine=engine, zero_stage=2 if engine == "deepspeed" else None)
     fit(out, stop_after=2, **kw)
-    target = out / "checkpoints" / "step_2" / name
+    ckpt_dir = out / "checkpoints" / "step_2"
+    target = ckpt_dir / name
     assert target.is_file()
     marker = tmp_path / "planted_code_ran"
-    plant(target, marker)
+    plant(target, marker, ckpt_dir)
     with pytest.raises(CheckpointError) as err:
         fit(out, **kw)
     assert not marker.exists()

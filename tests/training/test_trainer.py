@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from comsl import run_layout as layout
 from comsl.errors import CheckpointError, ComSLError
 from comsl.training import checkpoint as ckpt
 from comsl.training.logging import read_metrics
@@ -148,17 +151,6 @@ def test_retention_keeps_last_and_best_and_exports_best(tmp_path):
     assert (out / "best" / "model.safetensors").is_file() and (out / "final" / "model.safetensors").is_file()
 
 
-def test_incomplete_checkpoints_are_ignored(tmp_path):
-    root = tmp_path / "checkpoints"
-    (root / "step_5").mkdir(parents=True)
-    (root / "step_3.tmp").mkdir()
-    (root / "step_2").mkdir()
-    (root / "step_2" / ckpt.MARKER).write_text("ok\n")
-    complete, ignored = ckpt.list_checkpoints(root)
-    assert [s for s, _ in complete] == [2]
-    assert sorted(d.name for d, _ in ignored) == ["step_3.tmp", "step_5"]
-
-
 def test_structural_mismatch_is_refused_with_the_differences(tmp_path):
     out = tmp_path / "run"
     fit(out, max_steps=8, stop_after=2)
@@ -176,3 +168,121 @@ def test_batch_that_failed_to_decode_is_skipped(tmp_path):
     trainer, res = fit(tmp_path / "run", task=task, max_steps=12)
     assert res.finished and trainer.empty_batches == 1
     assert [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == list(range(1, 13))
+
+
+def test_resume_with_another_stage_is_refused(tmp_path):
+    out = tmp_path / "run"
+    fit(out, max_steps=8, stop_after=2, stage="mt")
+    with pytest.raises(CheckpointError, match=r"step_2: written by a train.stage=mt run, this run is "
+                                              r"train.stage=comsl; each stage needs its own train.out_dir"):
+        fit(out, max_steps=8, stage="comsl")
+    assert not (out / "checkpoints" / "step_4").exists() and not (out / "final").exists()
+
+
+def flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    path.write_bytes(bytes(data))
+
+
+CORRUPTIONS = {
+    "truncated model.safetensors": ("model.safetensors", lambda p: p.write_bytes(p.read_bytes()[:100])),
+    "bit-flipped model.safetensors": ("model.safetensors", flip_byte),
+    "zero-length optimizer.pt": ("optimizer.pt", lambda p: p.write_bytes(b"")),
+    "truncated rank_0.pt": ("rank_0.pt", lambda p: p.write_bytes(p.read_bytes()[:-10])),
+    "bad trainer_state.json": ("trainer_state.json", lambda p: p.write_text('{"step": 4,')),
+    "half-deleted (trainer_state.json gone)": ("trainer_state.json", lambda p: p.unlink()),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(CORRUPTIONS))
+def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog, damage):
+    out = tmp_path / "run"
+    fit(out, max_steps=8, save_every=2, stop_after=4, keep_last=2)
+    root = out / "checkpoints"
+    name, corrupt = CORRUPTIONS[damage]
+    corrupt(root / "step_4" / name)
+    with caplog.at_level(logging.WARNING):
+        _, res = fit(out, max_steps=8, save_every=2, stop_after=6, keep_last=2)
+    assert res.resumed_from == 2 and res.step == 6
+    assert f"step_4/{name}" in caplog.text and "moved aside to step_4.corrupt" in caplog.text
+    assert "falling back to " + str(root / "step_2") in caplog.text
+    assert (root / "step_4.corrupt" / name).exists() or name == "trainer_state.json"
+    assert sorted(s for s, _ in layout.list_checkpoints(root)[0]) == [4, 6]
+
+
+def test_corrupt_only_checkpoint_stops_with_one_line_naming_the_file(tmp_path):
+    out = tmp_path / "run"
+    fit(out, max_steps=8, save_every=2, stop_after=2)
+    flip_byte(out / "checkpoints" / "step_2" / "model.safetensors")
+    with pytest.raises(CheckpointError) as err:
+        fit(out, max_steps=8, save_every=2)
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(str(out / "checkpoints" / "step_2" / "model.safetensors"))
+    assert "sha256 differs" in msg and "no older checkpoint verifies" in msg
+    assert (out / "checkpoints" / "step_2").is_dir()  # nothing moved: the user decides
+
+
+def test_nonfinite_update_never_reaches_disk(tmp_path):
+    out = tmp_path / "run"
+    train, optim = configs(str(out), max_steps=8, save_every=2, keep_last=10)
+    trainer = Trainer(make_task(), train, optim)
+    trainer._setup()
+    step = trainer.engine.step
+
+    def nan_update(frozen_parts=None):
+        step(frozen_parts)
+        if trainer.step == 2:  # the third update diverges although its loss was finite
+            with torch.no_grad():
+                trainer.task.model.adapter.weight.fill_(float("nan"))
+
+    trainer.engine.step = nan_update
+    with pytest.raises(ComSLError, match=r"step 4: 1 parameter\(s\) hold NaN/inf after the update "
+                                         r"\(first: adapter.weight\); no checkpoint written"):
+        trainer.fit()
+    root = out / "checkpoints"
+    assert [s for s, _ in layout.list_checkpoints(root)[0]] == [2] and not (out / "final").exists()
+    for f in root.rglob("*.safetensors"):
+        assert all(bool(torch.isfinite(t).all()) for t in load_file(str(f)).values()), f
+
+
+def test_metrics_history_survives_a_kill_while_it_is_shortened(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    fit(out, max_steps=8, save_every=4, stop_after=4)
+    metrics = out / "metrics.jsonl"
+    # Records past the checkpoint, as a run killed after step 4 leaves them (the last one cut short).
+    with metrics.open("a") as f:
+        f.write(json.dumps({"step": 5, "loss/total": 1.0}) + "\n" + '{"step": 6, "loss')
+    before = metrics.read_text()
+
+    real_write = Path.write_text
+
+    def killed_midway(self, text, *a, **kw):
+        if not self.name.startswith("metrics.jsonl"):
+            return real_write(self, text, *a, **kw)
+        with open(self, "w") as f:  # truncates, writes half, dies
+            f.write(text[: len(text) // 2])
+        raise KeyboardInterrupt("killed while rewriting the history")
+
+    monkeypatch.setattr(Path, "write_text", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        fit(out, max_steps=8, save_every=4)
+    monkeypatch.undo()
+    assert metrics.read_text() == before
+    fit(out, max_steps=8, save_every=4)
+    assert [r["step"] for r in read_metrics(metrics)] == list(range(1, 9))
+
+
+def test_interrupted_retention_leaves_nothing_that_breaks_later_saves(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    fit(out, max_steps=12, save_every=2, stop_after=4, keep_last=10)
+    root = out / "checkpoints"
+    (root / "step_2" / "trainer_state.json").unlink()  # marker kept: a deletion interrupted midway
+    _, res = fit(out, max_steps=12, save_every=2, stop_after=8, keep_last=1)
+    assert res.resumed_from == 4 and res.step == 8
+    assert [s for s, _ in layout.list_checkpoints(root)[0]] == [8]
+    # Deletion removes the marker first: interrupted after that, the leftover is ignored, never resumed.
+    monkeypatch.setattr(ckpt.shutil, "rmtree", lambda *a, **kw: None)
+    fit(out, max_steps=12, save_every=2, stop_after=10, keep_last=1)
+    assert (root / "step_8").is_dir() and not (root / "step_8" / layout.MARKER).exists()
+    assert [s for s, _ in layout.list_checkpoints(root)[0]] == [10]

@@ -1,4 +1,4 @@
-"""comsl/evaluation/checkpoint.py: which directory evaluate loads, and the errors otherwise."""
+"""comsl/run_layout.py: checkpoint listing, checksums, which directory evaluate loads, and the errors otherwise."""
 
 import json
 import os
@@ -6,7 +6,7 @@ import os
 import pytest
 
 from comsl.errors import CheckpointError
-from comsl.evaluation.checkpoint import COMPLETE_MARKER, resolve_checkpoint
+from comsl.run_layout import MARKER, list_checkpoints, resolve_checkpoint
 
 
 def make_model_dir(path, model_type="comsl"):
@@ -38,7 +38,7 @@ def make_step(run, name, marker=True, model=True):
     if model:
         make_model_dir(d / "model")
     if marker:
-        (d / COMPLETE_MARKER).write_text("")
+        (d / MARKER).write_text("")
     return d
 
 
@@ -54,10 +54,15 @@ def test_newest_complete_training_checkpoint(tmp_path):
     assert resolve_checkpoint(run / "checkpoints" / "step_900") == run / "checkpoints" / "step_900" / "model"
 
 
-def test_marker_name_matches_the_trainer():
-    training = pytest.importorskip("comsl.training.checkpoint", reason="trainer not importable")
-    assert training.MARKER == COMPLETE_MARKER
-    assert training.STEP_DIR.match("step_12") and not training.STEP_DIR.match("step_12.tmp")
+def test_incomplete_checkpoints_are_ignored(tmp_path):
+    root = tmp_path / "checkpoints"
+    (root / "step_5").mkdir(parents=True)
+    (root / "step_3.tmp").mkdir()
+    (root / "step_2").mkdir()
+    (root / "step_2" / MARKER).write_text("ok\n")
+    complete, ignored = list_checkpoints(root)
+    assert [s for s, _ in complete] == [2]
+    assert sorted(d.name for d, _ in ignored) == ["step_3.tmp", "step_5"]
 
 
 def test_error_lists_skipped_training_checkpoints(tmp_path):
