@@ -23,7 +23,7 @@ pip_install() {
 if ! python -c "import torch" 2>/dev/null; then
   pip_install "torch==${COMSL_TORCH_VERSION:-2.13.0}"
 fi
-if ! python -c "import comsl, deepspeed, pytest, django" 2>/dev/null || [ pyproject.toml -nt .venv/.comsl-installed ]; then
+if ! python -c "import comsl, deepspeed, pytest, django, polib" 2>/dev/null || [ pyproject.toml -nt .venv/.comsl-installed ]; then
   pip_install -e ".[dev]"
   touch .venv/.comsl-installed
 fi

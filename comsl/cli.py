@@ -1,4 +1,4 @@
-"""The ``comsl`` command: ``prepare | train | evaluate | score | translate | convert | fetch``.
+"""The ``comsl`` command: ``prepare | train | evaluate | score | translate | convert``.
 
 Each subcommand lives in ``comsl/commands/<name>.py`` and exposes
 ``register(subparsers)``, which adds its parser and sets ``func`` to the function that runs it.
@@ -14,7 +14,7 @@ import sys
 from comsl.errors import ComSLError
 
 # Subcommand -> module; order is the order shown in ``comsl --help``.
-COMMANDS = ("prepare", "train", "evaluate", "score", "translate", "convert", "fetch")
+COMMANDS = ("prepare", "train", "evaluate", "score", "translate", "convert")
 
 
 def build_parser() -> argparse.ArgumentParser:

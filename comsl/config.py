@@ -53,8 +53,8 @@ class ModelConfig:
 
     adapter_init: Literal["random", "subsample"] = "random"
     """Length adapter start: ``random``, or ``subsample`` (a near pass-through that keeps every 4th speech
-    state; for language blocks pretrained on this speech encoder's states, e.g. ``comsl convert
-    whisper-text``). ``subsample`` needs equal speech and text widths."""
+    state; for language blocks pretrained on this speech encoder's states, e.g. the mini recipe's blocks
+    grafted from Whisper's decoder). ``subsample`` needs equal speech and text widths."""
 
     speech_dropout: float = 0.0
     """Dropout in the speech blocks (paper: none)."""

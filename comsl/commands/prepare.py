@@ -1,4 +1,4 @@
-"""`comsl prepare covost2 | mini`: build validated manifests, or the offline mini corpus."""
+"""`comsl prepare covost2 | pseudo`: build validated manifests, or pseudo-labelled extra training data."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def _langs(spec: str | None) -> list[str]:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("prepare", help="prepare data: CoVoST 2 manifests or the offline mini corpus")
+    p = sub.add_parser("prepare", help="prepare data: CoVoST 2 manifests or pseudo-labelled extra clips")
     kinds = p.add_subparsers(dest="dataset", required=True, metavar="DATASET")
 
     c = kinds.add_parser("covost2", help="validate Common Voice + CoVoST 2 and write per-split manifests")
@@ -30,23 +30,6 @@ def register(sub) -> None:
                    help="trust audio headers instead of decoding every clip (faster, less safe)")
     c.add_argument("--workers", type=int, default=2, help="validation processes (default 2)")
     c.set_defaults(func=run_covost2)
-
-    from comsl.data.mini import MiniConfig
-
-    d = MiniConfig(out="")
-    m = kinds.add_parser("mini", help="build the offline mini corpus (espeak-ng speech, Django translations)")
-    m.add_argument("--out", required=True, help="output directory (Common Voice + CoVoST 2 layout)")
-    m.add_argument("--langs", default=None, help="comma-separated CoVoST codes (default: all with a voice)")
-    m.add_argument("--per-lang", type=int, default=None, help=f"sentences per language (default {d.per_lang})")
-    m.add_argument("--seed", type=int, default=0, help="seed for sampling and the split")
-    m.add_argument("--espeak-speed", type=int, default=None, help=f"espeak-ng words per minute (default {d.espeak_speed})")
-    m.add_argument("--espeak-gap", type=int, default=None, help=f"espeak-ng word gap in units of 10 ms (default {d.espeak_gap})")
-    m.add_argument("--workers", type=int, default=2, help="synthesis processes (default 2)")
-    m.add_argument("--tokenizer-vocab", type=int, default=None,
-                   help=f"sentencepiece size of <out>/tokenizer (default {d.tokenizer_vocab}; 0 = none)")
-    m.add_argument("--extra-per-lang", type=int, default=None,
-                   help="extra clips per language only in validated.tsv, for 'prepare pseudo' (default 0)")
-    m.set_defaults(func=run_mini)
 
     s = kinds.add_parser("pseudo", help="translate transcripts of extra Common Voice clips with an MT model "
                                          "into an extra CoVoST-format training TSV")
@@ -73,20 +56,6 @@ def run_covost2(args) -> int:
         max_seconds=args.max_seconds, min_seconds=args.min_seconds, full_decode=not args.header_only,
         num_workers=args.workers,
     ))
-    return 0
-
-
-def run_mini(args) -> int:
-    from comsl.data.mini import MiniConfig, build_mini
-
-    kw = {k: v for k, v in {"per_lang": args.per_lang, "espeak_speed": args.espeak_speed,
-                            "espeak_gap": args.espeak_gap, "tokenizer_vocab": args.tokenizer_vocab,
-                            "extra_per_lang": args.extra_per_lang}.items()
-          if v is not None}
-    langs = _langs(args.langs)
-    if langs:
-        kw["langs"] = langs
-    build_mini(MiniConfig(out=args.out, seed=args.seed, num_workers=args.workers, **kw))
     return 0
 
 

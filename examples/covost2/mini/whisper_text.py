@@ -1,4 +1,6 @@
-"""Language blocks from Whisper: an mBART-style text model whose decoder is Whisper's pretrained decoder.
+"""Stage 1 of the mini recipe: language blocks from Whisper, an mBART-style text model whose decoder is
+Whisper's pretrained decoder. Run by run.sh as ``python -m mini.whisper_text WHISPER_DIR OUT_DIR
+--tokenizer DIR`` (recipe-only: with real mBART-50 weights you would not need it).
 
 No mBART weights exist offline, but Whisper's decoder is a pretrained multilingual-to-English language
 model whose layers have exactly mBART's layout (pre-LayerNorm self-attention, cross-attention, GELU
@@ -22,23 +24,24 @@ rest of the package (tokenizer, language codes, composite, objectives) is unchan
   of the (embedding + position) vectors makes it close to the identity on them.
 
 The decoder is exactly Whisper's (pinned by tests); the embedding LayerNorm, the vocabulary transfer
-and the 4x shorter speech sequence are approximations that training adjusts. Measured on the mini
-dev set at initialisation: 12.6 nats/token through the composite vs 8.9 for Whisper itself with the same
-two-token prompt (BENCHMARKS.md).
+and the 4x shorter speech sequence are approximations that training adjusts (how far they start from
+Whisper itself is measured in BENCHMARKS.md, ## Mini recipe).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from comsl.data.tokenizer import MBART50_CODES
-from comsl.errors import CheckpointError
+from comsl.errors import CheckpointError, ComSLError
 from comsl.languages import EXTRA_MODEL_CODES, TARGET_CODE, base_code
 
 log = logging.getLogger(__name__)
@@ -78,7 +81,7 @@ def _whisper_tokenizer(tokenizer_json: Path):
 
     if not tokenizer_json.is_file():
         raise CheckpointError(f"{tokenizer_json.parent}: no tokenizer.json; convert Whisper with "
-                              "`comsl fetch whisper-base DIR` or `comsl convert ct2-whisper`")
+                              "`python -m mini.fetch_whisper whisper-base DIR` or `comsl convert ct2-whisper`")
     return Tokenizer.from_file(os.fspath(tokenizer_json))
 
 
@@ -107,20 +110,12 @@ def transfer_embeddings(whisper_embed: torch.Tensor, whisper_tok, tokenizer) -> 
     return out, exact
 
 
-def whisper_to_mbart(whisper_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike,
-                     out_dir: str | os.PathLike, encoder_layers: int = 2,
-                     decoder_layers: int | None = None) -> TextFromWhisperSummary:
-    """Write an mBART-style text model initialised from the Whisper directory ``whisper_dir`` (a
-    Hugging Face ``WhisperForConditionalGeneration``) over the tokenizer in ``tokenizer_dir`` to
-    ``out_dir`` (config, safetensors and the tokenizer). ``decoder_layers`` keeps Whisper's bottom layers
-    (default: all); ``encoder_layers`` takes Whisper's top encoder layers. Raises CheckpointError for a
-    directory that is not a Whisper model or asks for more layers than it has."""
-    from transformers import MBartConfig, MBartForConditionalGeneration, WhisperConfig
+def _read_whisper(whisper_dir: Path, encoder_layers: int, decoder_layers: int | None):
+    """(WhisperConfig, decoder layers kept, float32 state without the ``model.`` prefix)."""
+    from transformers import WhisperConfig
 
-    from comsl.data.tokenizer import load_tokenizer
     from comsl.models.build import read_state_dict
 
-    whisper_dir, out_dir = Path(whisper_dir), Path(out_dir)
     cfg_path = whisper_dir / "config.json"
     if not cfg_path.is_file() or json.loads(cfg_path.read_text()).get("model_type") != "whisper":
         raise CheckpointError(f"{whisper_dir}: not a Hugging Face Whisper directory (config.json with "
@@ -130,12 +125,15 @@ def whisper_to_mbart(whisper_dir: str | os.PathLike, tokenizer_dir: str | os.Pat
     if not 1 <= decoder_layers <= wcfg.decoder_layers or not 0 <= encoder_layers <= wcfg.encoder_layers:
         raise CheckpointError(f"{whisper_dir}: has {wcfg.encoder_layers} encoder and {wcfg.decoder_layers} "
                               f"decoder layers; asked for {encoder_layers} and {decoder_layers}")
-    tokenizer = load_tokenizer(tokenizer_dir)
     state = {k.removeprefix("model."): v.float() for k, v in read_state_dict(whisper_dir).items()}
-    d = wcfg.d_model
-    max_pos = wcfg.max_target_positions
-    cfg = MBartConfig(
-        vocab_size=len(tokenizer), d_model=d, max_position_embeddings=max_pos,
+    return wcfg, decoder_layers, state
+
+
+def _mbart_config(wcfg, tokenizer, encoder_layers: int, decoder_layers: int):
+    from transformers import MBartConfig
+
+    return MBartConfig(
+        vocab_size=len(tokenizer), d_model=wcfg.d_model, max_position_embeddings=wcfg.max_target_positions,
         encoder_layers=encoder_layers, decoder_layers=decoder_layers,
         encoder_attention_heads=wcfg.encoder_attention_heads, decoder_attention_heads=wcfg.decoder_attention_heads,
         encoder_ffn_dim=wcfg.encoder_ffn_dim, decoder_ffn_dim=wcfg.decoder_ffn_dim,
@@ -145,11 +143,13 @@ def whisper_to_mbart(whisper_dir: str | os.PathLike, tokenizer_dir: str | os.Pat
         eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.bos_token_id,
         forced_eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True,
     )
-    model = MBartForConditionalGeneration(cfg)
-    embed, exact = transfer_embeddings(state["decoder.embed_tokens.weight"], _whisper_tokenizer(
-        whisper_dir / "tokenizer.json"), tokenizer)
 
-    new: dict[str, torch.Tensor] = {"model.shared.weight": embed}
+
+def _copy_layers(state: dict, wcfg, encoder_layers: int, decoder_layers: int, source: Path) -> dict:
+    """mBART layer tensors: Whisper's bottom decoder layers, and its top encoder layers with their
+    residual branches closed (zero ``out_proj``/``fc2``: the layer passes its input through)."""
+    d = wcfg.d_model
+    new: dict[str, torch.Tensor] = {}
 
     def copy_layer(src: str, dst: str, parts: tuple[str, ...]) -> None:
         for part in parts:
@@ -160,19 +160,24 @@ def whisper_to_mbart(whisper_dir: str | os.PathLike, tokenizer_dir: str | os.Pat
                 elif kind == "bias":  # Whisper's k_proj has no bias
                     new[f"{dst}.{part}.{kind}"] = torch.zeros(d)
                 else:
-                    raise CheckpointError(f"{whisper_dir}: tensor {key} is missing")
+                    raise CheckpointError(f"{source}: tensor {key} is missing")
 
     for i in range(decoder_layers):
         copy_layer(f"decoder.layers.{i}", f"model.decoder.layers.{i}", LAYER_PARTS + CROSS_PARTS)
     first = wcfg.encoder_layers - encoder_layers
     for i in range(encoder_layers):
         copy_layer(f"encoder.layers.{first + i}", f"model.encoder.layers.{i}", LAYER_PARTS)
-        # residual branches start closed: the layer passes its input through until training opens it
         for key in (f"model.encoder.layers.{i}.{part}.{kind}" for part in ("self_attn.out_proj", "fc2")
                     for kind in ("weight", "bias")):
             new[key] = torch.zeros_like(new[key])
-    new["model.decoder.layer_norm.weight"] = state["decoder.layer_norm.weight"]
-    new["model.decoder.layer_norm.bias"] = state["decoder.layer_norm.bias"]
+    return new
+
+
+def _norms_and_positions(state: dict, wcfg, embed: torch.Tensor) -> dict:
+    """Final and embedding LayerNorms and both position tables (see module doc)."""
+    d, max_pos = wcfg.d_model, wcfg.max_target_positions
+    new = {"model.decoder.layer_norm.weight": state["decoder.layer_norm.weight"],
+           "model.decoder.layer_norm.bias": state["decoder.layer_norm.bias"]}
     # The encoder's two LayerNorms re-normalise what comes in (Whisper's final encoder states, or token
     # embeddings) and give it back the per-position mean and spread of Whisper's final encoder LayerNorm
     # output: y = g * n + b has mean ~mean(b) and spread ~sqrt(mean(g^2) + var(b)).
@@ -193,6 +198,29 @@ def whisper_to_mbart(whisper_dir: str | os.PathLike, tokenizer_dir: str | os.Pat
     gain = (embed[:, None, :] + dec_pos[None, :32, :]).std(-1).median()
     new["model.decoder.layernorm_embedding.weight"] = torch.full((d,), float(gain))
     new["model.decoder.layernorm_embedding.bias"] = torch.zeros(d)
+    return new
+
+
+def whisper_to_mbart(whisper_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike,
+                     out_dir: str | os.PathLike, encoder_layers: int = 2,
+                     decoder_layers: int | None = None) -> TextFromWhisperSummary:
+    """Write an mBART-style text model initialised from the Whisper directory ``whisper_dir`` (a
+    Hugging Face ``WhisperForConditionalGeneration``) over the tokenizer in ``tokenizer_dir`` to
+    ``out_dir`` (config, safetensors and the tokenizer). ``decoder_layers`` keeps Whisper's bottom layers
+    (default: all); ``encoder_layers`` takes Whisper's top encoder layers. Raises CheckpointError for a
+    directory that is not a Whisper model or asks for more layers than it has."""
+    from transformers import MBartForConditionalGeneration
+
+    from comsl.data.tokenizer import load_tokenizer
+
+    whisper_dir, out_dir = Path(whisper_dir), Path(out_dir)
+    wcfg, decoder_layers, state = _read_whisper(whisper_dir, encoder_layers, decoder_layers)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    model = MBartForConditionalGeneration(_mbart_config(wcfg, tokenizer, encoder_layers, decoder_layers))
+    embed, exact = transfer_embeddings(state["decoder.embed_tokens.weight"], _whisper_tokenizer(
+        whisper_dir / "tokenizer.json"), tokenizer)
+    new = {"model.shared.weight": embed, **_copy_layers(state, wcfg, encoder_layers, decoder_layers, whisper_dir),
+           **_norms_and_positions(state, wcfg, embed)}
     missing, unexpected = model.load_state_dict(new, strict=False)
     tied = {"model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight", "lm_head.weight",
             "final_logits_bias"}  # tied to the shared embedding, or a zero buffer
@@ -210,3 +238,28 @@ def whisper_to_mbart(whisper_dir: str | os.PathLike, tokenizer_dir: str | os.Pat
                                      sum(p.numel() for p in model.parameters()))
     log.info("%s", summary.describe())
     return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m mini.whisper_text", description=__doc__.splitlines()[0])
+    p.add_argument("whisper_dir", type=Path, help="a Hugging Face Whisper directory")
+    p.add_argument("out_dir", type=Path, help="Hugging Face directory to write")
+    p.add_argument("--tokenizer", type=Path, required=True,
+                   help="tokenizer directory whose vocabulary the language blocks use (the mini corpus' DATA/tokenizer)")
+    p.add_argument("--encoder-layers", type=int, default=2,
+                   help="text encoder layers, taken from Whisper's top encoder layers (default: 2)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing model in OUT_DIR")
+    args = p.parse_args(argv)
+    try:
+        if (args.out_dir / "config.json").exists() and not args.overwrite:
+            raise CheckpointError(f"{args.out_dir}: already holds a model (config.json); pass --overwrite to replace it")
+        summary = whisper_to_mbart(args.whisper_dir, args.tokenizer, args.out_dir, encoder_layers=args.encoder_layers)
+    except ComSLError as err:
+        print(f"mini.whisper_text: error: {err}", file=sys.stderr)
+        return 2
+    print(summary.describe())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

