@@ -44,6 +44,12 @@ def main(argv: list[str] | None = None) -> int:
         # Expected user-facing failures: one clear line, no traceback.
         print(f"comsl {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        # The file system refused (full disk, read-only, a file where a directory belongs, ...).
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"comsl {args.command}: error: {where}{err.strerror or err}; check the path, its permissions "
+              "and the free disk space", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from comsl.errors import ConfigError
+from comsl.languages import normalize_lang
 
 
 @dataclass(kw_only=True)
@@ -429,8 +430,7 @@ def from_dict(cls: type, data: dict, source: str = "config") -> Any:
     errors: list[str] = []
     obj = _build(cls, data, "", errors)
     if errors:
-        raise ConfigError(f"{source}: {len(errors)} invalid entr{'y' if len(errors) == 1 else 'ies'}:\n  "
-                          + "\n  ".join(errors))
+        raise ConfigError(_listing(source, errors, "invalid entry", "invalid entries"))
     validate(obj, source)
     return obj
 
@@ -446,7 +446,12 @@ def parse_overrides(overrides: list[str]) -> dict:
         parts = key.strip().split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+        try:
+            node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as err:
+            problem = str(err).splitlines()[0]
+            raise ConfigError(f"override {item!r}: {key.strip()}: value is not valid YAML ({problem}); "
+                              "quote it or close its brackets") from err
     return out
 
 
@@ -470,19 +475,12 @@ def load_config(path: str | Path, overrides: list[str] | None = None, cls: type 
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}; "
+                          "a config is 'section:' blocks (model:, data:, train:, ...)")
     if overrides:
         data = merge(data, parse_overrides(overrides))
     return from_dict(cls, data, source=str(path))
-
-
-def to_dict(cfg: Any) -> dict:
-    """Plain nested dict of a config (for saving the resolved config)."""
-    return dataclasses.asdict(cfg)
-
-
-def save_config(cfg: Any, path: str | Path) -> None:
-    """Write the resolved config as YAML."""
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def _range_problems(cfg: "ExperimentConfig") -> list[str]:
@@ -516,8 +514,6 @@ def _range_problems(cfg: "ExperimentConfig") -> list[str]:
         ("optim.end_lr", op.end_lr, math.isfinite(op.end_lr) and 0 <= op.end_lr <= op.lr, "in [0, optim.lr]"),
         ("optim.max_grad_norm", op.max_grad_norm, math.isfinite(op.max_grad_norm) and op.max_grad_norm >= 0,
          "finite and >= 0 (0 = no clipping)"),
-        ("data.max_frames_per_batch", d.max_frames_per_batch, d.max_frames_per_batch >= 1, ">= 1"),
-        ("data.max_tokens_per_batch", d.max_tokens_per_batch, d.max_tokens_per_batch >= 1, ">= 1"),
         ("data.max_fail_fraction", d.max_fail_fraction, 0.0 <= d.max_fail_fraction <= 1.0, "in [0, 1]"),
         ("data.dev_max_utterances", d.dev_max_utterances, d.dev_max_utterances >= 1, ">= 1"),
         ("data.train_sample_utterances", d.train_sample_utterances, d.train_sample_utterances >= 0, ">= 0"),
@@ -575,11 +571,22 @@ def validate(cfg: Any, source: str = "config") -> None:
         if key not in parts:
             errors.append(f"optim.lr_per_part.{key}: unknown part; valid: {', '.join(sorted(parts))}")
     errors += _bucket_errors(cfg.data)
+    for i, lang in enumerate(cfg.data.langs):
+        try:
+            normalize_lang(lang)
+        except ValueError as err:
+            errors.append(f"data.langs[{i}]: {err}")
     if not cfg.data.train_manifest:
         errors.append("data.train_manifest: required (a manifest written by `comsl prepare`)")
     if errors:
-        raise ConfigError(f"{source}: {len(errors)} invalid value{'s' if len(errors) > 1 else ''}:\n  "
-                          + "\n  ".join(errors))
+        raise ConfigError(_listing(source, errors, "invalid value", "invalid values"))
+
+
+def _listing(source: str, errors: list[str], one: str, many: str) -> str:
+    """One line for one problem; a count and one problem per line for several."""
+    if len(errors) == 1:
+        return f"{source}: {errors[0]}"
+    return f"{source}: {len(errors)} {many}:\n  " + "\n  ".join(errors)
 
 
 def _bucket_errors(data: DataConfig) -> list[str]:

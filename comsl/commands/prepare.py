@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from comsl.errors import ConfigError
 from comsl.languages import parse_langs
 
@@ -46,13 +48,19 @@ def register(sub) -> None:
     s.set_defaults(func=run_pseudo)
 
 
+def _out_dir(path: str) -> str:
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(f"--out {path}: exists and is not a directory; give a directory to write into")
+    return path
+
+
 def run_covost2(args) -> int:
     from comsl.data.covost2 import PrepareConfig, prepare_covost2
 
     if args.max_seconds <= args.min_seconds:
         raise ConfigError(f"--max-seconds ({args.max_seconds}) must exceed --min-seconds ({args.min_seconds})")
     prepare_covost2(PrepareConfig(
-        cv_root=args.cv_root, covost_root=args.covost_root, out=args.out, langs=_langs(args.langs),
+        cv_root=args.cv_root, covost_root=args.covost_root, out=_out_dir(args.out), langs=_langs(args.langs),
         max_seconds=args.max_seconds, min_seconds=args.min_seconds, full_decode=not args.header_only,
         num_workers=args.workers,
     ))

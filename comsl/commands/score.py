@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 from argparse import Namespace
 
 from sacrebleu.utils import print_single_results
 
+from comsl.errors import ComSLError
 from comsl.evaluation.scoring import corpus_wer, read_lines, score_files, wer_signature
 
 
@@ -36,6 +38,11 @@ def _wer_entry(args, width: int) -> str:
 
 
 def run(args) -> int:
+    if args.width < 0:
+        raise ComSLError(f"--width: decimals must be >= 0, got {args.width}")
+    for flag, path in (("--hyp", args.hyp), ("--ref", args.ref)):
+        if os.path.isdir(path):
+            raise ComSLError(f"{flag} {path}: is a directory; give a text file with one segment per line")
     results = []
     # sacreBLEU prints metrics in sorted name order (BLEU before CHRF); WER comes last.
     for metric in sorted(dict.fromkeys(args.metrics), key=lambda m: (m == "wer", m.upper())):

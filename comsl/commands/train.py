@@ -22,15 +22,7 @@ def register(sub) -> None:
     p.add_argument("config", help="experiment YAML (see configs/)")
     p.add_argument("overrides", nargs="*", metavar="key.path=value",
                    help="dotted overrides, values parsed as YAML (e.g. optim.lr=1e-4 train.max_steps=10)")
-    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse_suppress())
     p.set_defaults(func=run)
-
-
-def argparse_suppress() -> str:
-    import argparse
-
-    # The deepspeed launcher passes --local_rank; the rank is read from the environment instead.
-    return argparse.SUPPRESS
 
 
 def run(args) -> int:
@@ -51,8 +43,14 @@ def run(args) -> int:
         if result.finished:
             best = f", best dev BLEU {result.best_bleu:.2f} in {where}/best" if result.best_bleu is not None else ""
             print(f"comsl train: finished {result.step} steps; model in {where}/final{best}; "
-                  f"{result.nonfinite_skipped} non-finite steps skipped")
+                  f"{result.nonfinite_skipped} non-finite steps skipped{_audio_skipped(task)}")
         else:
             print(f"comsl train: stopped at step {result.step} of {cfg.train.max_steps}; rerun the same "
                   "command to continue")
     return 0
+
+
+def _audio_skipped(task) -> str:
+    """The utterances whose audio failed to decode during training (each was logged with its id)."""
+    failed = getattr(task.dataset, "failed", None)
+    return f"; {len(failed)} utterances skipped (audio failed to decode, ids in the log)" if failed else ""

@@ -36,8 +36,10 @@ SPLITS = ("train", "dev", "test")
 # CoVoST's split column: "train_covost" rows are the extra training rows of its larger train set.
 SPLIT_ALIASES = {"train": "train", "train_covost": "train", "dev": "dev", "test": "test"}
 # Skip reasons, in the order the report table shows them.
-REASONS = ("missing_audio", "decode_error", "empty_transcript", "empty_translation", "too_short",
-           "too_long", "duplicate")
+REASONS = ("missing_audio", "outside_clips", "decode_error", "truncated", "empty_transcript",
+           "empty_translation", "too_short", "too_long", "duplicate")
+# A decoded clip this much shorter than its header says is cut short (mp3 headers are exact to a frame).
+TRUNCATED_FRACTION = 0.95
 
 
 @dataclass(kw_only=True)
@@ -76,7 +78,8 @@ class Row:
 
     @property
     def id(self) -> str:
-        return f"{self.lang}_{os.path.splitext(os.path.basename(self.path))[0]}"
+        # The whole relative path: sub/X.mp3 and X.mp3 are different clips.
+        return f"{self.lang}_{os.path.splitext(self.path)[0].replace('/', '__')}"
 
 
 def clean_text(text: str | None) -> str:
@@ -154,10 +157,13 @@ def probe_clip(path: str, full_decode: bool = True) -> tuple[str | None, int, st
         return "missing_audio", 0, "file not found"
     try:
         if full_decode:
+            header = sf.info(path).frames
             audio, sr = sf.read(path, dtype="float32", always_2d=True)
             if audio.size and not np.isfinite(audio).all():
                 return "decode_error", 0, "NaN or inf samples"
             frames = audio.shape[0]
+            if header > 0 and frames < TRUNCATED_FRACTION * header:
+                return "truncated", 0, f"decoded {frames / sr:.2f} s of the {header / sr:.2f} s in its header"
         else:
             info = sf.info(path)
             frames, sr = info.frames, info.samplerate
@@ -210,6 +216,15 @@ def prepare_covost2(cfg: PrepareConfig) -> dict:
             seen.add((row.lang, row.path))
             to_probe.append(row)
 
+    kept_rows = []
+    for row in to_probe:
+        clips = os.path.abspath(os.path.join(cfg.cv_root, row.lang, "clips"))
+        audio = os.path.abspath(os.path.join(clips, row.path))
+        if os.path.commonpath([clips, audio]) != clips:  # ../x or /etc/passwd: never opened
+            skip(row, "outside_clips", f"path leaves {clips}")
+        else:
+            kept_rows.append(row)
+    to_probe = kept_rows
     audio_paths = [os.path.abspath(os.path.join(cfg.cv_root, r.lang, "clips", r.path)) for r in to_probe]
     results = _probe_all(audio_paths, cfg.full_decode, cfg.num_workers)
     min_n, max_n = cfg.min_seconds * SAMPLING_RATE, cfg.max_seconds * SAMPLING_RATE

@@ -11,12 +11,26 @@ validated utterance with MANIFEST_COLUMNS.
 from __future__ import annotations
 
 import csv
+import io
 import os
 from collections.abc import Iterable, Mapping, Sequence
 
 from comsl.errors import DataError
 
 MANIFEST_COLUMNS = ("id", "audio", "n_samples", "duration", "src_lang", "tgt_lang", "transcript", "translation")
+
+
+def _read_utf8(path: str) -> str:
+    """The file's text; a UTF-8 byte-order mark (as some editors write) is dropped. Raises DataError with
+    ``file:line`` for bytes that are not UTF-8."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte {raw[err.start]:#04x}); re-save the file as UTF-8"
+                        ) from err
 
 
 def read_tsv(path: str, required: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
@@ -26,7 +40,7 @@ def read_tsv(path: str, required: tuple[str, ...]) -> list[tuple[int, dict[str, 
     column or a row whose number of fields differs from the header's.
     """
     out = []
-    with open(path, encoding="utf-8", newline="") as f:
+    with io.StringIO(_read_utf8(path), newline="") as f:
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         header = next(reader, None)
         if header is None:
@@ -75,7 +89,10 @@ def read_manifest(path: str | os.PathLike) -> list[dict]:
     if not os.path.isfile(path):
         raise DataError(f"{path}: manifest not found; create it with 'comsl prepare covost2'")
     out = []
+    # Relative audio paths are relative to the manifest's folder (training and evaluation alike).
+    folder = os.path.dirname(os.path.abspath(path))
     for line, r in read_tsv(path, MANIFEST_COLUMNS):
+        r["audio"] = os.path.join(folder, r["audio"])
         try:
             r["n_samples"] = int(r["n_samples"])
             r["duration"] = float(r["duration"])

@@ -164,8 +164,9 @@ class Decoder:
         model_dir = resolve_checkpoint(checkpoint)
         try:
             model = ComSLModel.from_pretrained(str(model_dir))
-        except (OSError, ValueError, RuntimeError) as err:
-            raise CheckpointError(f"{model_dir}: cannot load the ComSL model ({err})") from err
+        except Exception as err:  # truncated weights (SafetensorError), a config.json missing fields, ...
+            reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+            raise CheckpointError(f"{model_dir}: cannot load the ComSL model ({reason}); re-export it") from err
         if model.processor is None:
             raise CheckpointError(f"{model_dir}: model directory without its tokenizer (expected tokenizer.json "
                                   "or sentencepiece.bpe.model next to config.json)")

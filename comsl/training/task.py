@@ -120,6 +120,10 @@ def build_task(cfg: ExperimentConfig) -> TrainTask:
             raise ConfigError("train.teacher: the frozen MT teacher (stage-1 model directory) is required when "
                               "objectives.w_mt > 0 and objectives.lambda_mt > 0")
         teacher = ComSLModel.from_pretrained(resolve_checkpoint(cfg.train.teacher))
+        ours, theirs = model.config.text_config.vocab_size, teacher.config.text_config.vocab_size
+        if ours != theirs:
+            raise ConfigError(f"train.teacher: {cfg.train.teacher} has a vocabulary of {theirs}, this model {ours} "
+                              "(model.tokenizer); the teacher must be the stage-1 model of the same tokenizer")
     loss = ComSLMultiTaskLoss(objectives, mask_token_id=tokenizer.mask_token_id, eos_token_id=tokenizer.eos_token_id,
                               pad_token_id=tokenizer.pad_token_id, teacher=teacher)
 

@@ -101,3 +101,58 @@ def test_cli_prints_one_line_error_and_writes_manifests(corpus, capsys):
     assert main(["prepare", "covost2", "--cv-root", str(corpus / "cv"), "--covost-root", str(corpus),
                  "--langs", "it", "--out", str(corpus / "o")]) == 2
     assert "no CoVoST 2 TSV for 'it'" in capsys.readouterr().err
+
+
+def _one_lang(tmp_path, rows, clips):
+    """A French corpus whose clips dir holds ``clips`` {relative path: seconds} and whose TSV has ``rows``."""
+    fr = tmp_path / "cv" / "fr" / "clips"
+    for rel, sec in clips.items():
+        (fr / rel).parent.mkdir(parents=True, exist_ok=True)
+        _clip(fr / rel, sec)
+    _tsv(tmp_path / "covost_v2.fr_en.tsv", ["path", "sentence", "translation", "split"], rows)
+    return PrepareConfig(cv_root=str(tmp_path / "cv"), covost_root=str(tmp_path), out=str(tmp_path / "out"),
+                         langs=["fr"], num_workers=1)
+
+
+def test_paths_leaving_the_clips_directory_are_skipped_unopened(tmp_path, monkeypatch):
+    _clip(tmp_path / "outside.wav", 1.0)
+    cfg = _one_lang(tmp_path, [["../../outside.wav", "a", "a", "train"], [str(tmp_path / "outside.wav"), "b", "b",
+                                                                          "train"], ["ok.wav", "c", "c", "train"]],
+                    {"ok.wav": 1.0})
+    opened = []
+    real_info = sf.info
+    monkeypatch.setattr(sf, "info", lambda p, *a, **kw: opened.append(p) or real_info(p, *a, **kw))
+    report = prepare_covost2(cfg)
+    assert report["skipped_total"] == {"outside_clips": 2}
+    assert [e["id"] for e in read_manifest(tmp_path / "out" / "train.tsv")] == ["fr_ok"]
+    assert not any("outside" in str(p) for p in opened)
+
+
+def test_truncated_mp3_is_skipped(tmp_path):
+    cfg = _one_lang(tmp_path, [["cut.mp3", "a", "a", "train"], ["whole.mp3", "b", "b", "train"]],
+                    {"cut.mp3": 3.0, "whole.mp3": 3.0})
+    cut = tmp_path / "cv" / "fr" / "clips" / "cut.mp3"
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    report = prepare_covost2(cfg)
+    assert report["skipped_total"] == {"truncated": 1}
+    assert [s["path"] for s in report["skipped"]] == ["cut.mp3"]
+    assert [e["id"] for e in read_manifest(tmp_path / "out" / "train.tsv")] == ["fr_whole"]
+
+
+def test_clips_in_subdirectories_keep_distinct_ids(tmp_path):
+    cfg = _one_lang(tmp_path, [["sub/x.wav", "a", "a", "train"], ["x.wav", "b", "b", "train"]],
+                    {"sub/x.wav": 1.0, "x.wav": 1.0})
+    prepare_covost2(cfg)
+    ids = [e["id"] for e in read_manifest(tmp_path / "out" / "train.tsv")]
+    assert len(set(ids)) == 2 and "fr_x" in ids
+
+
+def test_relative_manifest_audio_paths_are_relative_to_the_manifest(tmp_path, monkeypatch):
+    from comsl.data.manifest import write_manifest
+
+    (tmp_path / "data" / "clips").mkdir(parents=True)
+    write_manifest(tmp_path / "data" / "train.tsv", [dict(id="u", audio="clips/u.wav", n_samples=1, duration=1.0,
+                                                         src_lang="fr", tgt_lang="en", transcript="a",
+                                                         translation="a")])
+    monkeypatch.chdir(tmp_path)
+    assert read_manifest("data/train.tsv")[0]["audio"] == str(tmp_path / "data" / "clips" / "u.wav")
