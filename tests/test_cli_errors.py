@@ -179,3 +179,12 @@ def test_evaluate_on_truncated_weights_or_bad_config(env, capsys, tmp_path):
     (bad / "config.json").write_text(json.dumps({"model_type": "comsl", "architectures": ["ComSLModel"]}))
     code, _, err = run(["evaluate", "--checkpoint", bad, "--data", env / "train.tsv", "--out", tmp_path / "o"], capsys)
     assert_one_line_error(code, err, bad)
+
+
+def test_convert_into_its_own_source_is_refused(tmp_path, capsys):
+    src = tmp_path / "ct2"
+    src.mkdir()
+    (src / "config.json").write_text("{}")
+    code, _, err = run(["convert", "ct2-whisper", src, src, "--overwrite"], capsys)
+    assert_one_line_error(code, err, src, "is the source directory")
+    assert (src / "config.json").read_text() == "{}"

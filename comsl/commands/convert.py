@@ -31,6 +31,9 @@ def register(sub) -> None:
 def run(args) -> int:
     from comsl.pretrained.ct2_whisper import convert_ct2_whisper
 
+    if args.out_dir.resolve() == args.src_dir.resolve():
+        raise CheckpointError(f"{args.out_dir}: is the source directory; converting into it would replace the "
+                              "model being read. Give another OUT_DIR")
     if (args.out_dir / "config.json").exists() and not args.overwrite:
         raise CheckpointError(f"{args.out_dir}: already holds a model (config.json); pass --overwrite to replace it")
     summary = convert_ct2_whisper(args.src_dir, args.out_dir, dtype=args.dtype)
