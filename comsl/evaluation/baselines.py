@@ -104,14 +104,18 @@ class _ConstantScorer:
         self.ref_len = 0
         self.index: dict[tuple[str, ...], Counter] = defaultdict(Counter)
         for ref in refs:
-            ngrams, length = extract_all_word_ngrams(self.metric._preprocess_segment(ref), 1, MAX_ORDER)
+            ngrams, length = extract_all_word_ngrams(self._tokenize(ref), 1, MAX_ORDER)
             self.ref_len += length
             for gram, count in ngrams.items():
                 self.index[gram][count] += 1
 
+    def _tokenize(self, segment: str) -> str:
+        # what BLEU does to each segment before counting n-grams (case kept: BLEU's default)
+        return self.metric.tokenizer(segment.rstrip())
+
     def stats(self, candidate: str, max_order: int = MAX_ORDER) -> tuple[list[int], list[int], int]:
         """(correct per order, total per order, system length) summed over all references."""
-        ngrams, length = extract_all_word_ngrams(self.metric._preprocess_segment(candidate), 1, max_order)
+        ngrams, length = extract_all_word_ngrams(self._tokenize(candidate), 1, max_order)
         correct = [0] * MAX_ORDER
         total = [0] * MAX_ORDER
         for gram, count in ngrams.items():

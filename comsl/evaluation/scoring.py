@@ -50,8 +50,6 @@ class MetricResult:
     """Full-precision corpus score (0-100)."""
     signature: str
     """sacreBLEU signature, e.g. ``nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0``."""
-    verbose: str
-    """sacreBLEU's detail string (n-gram precisions, brevity penalty, lengths); empty for chrF."""
     raw: Score = field(repr=False, compare=False)
     """The sacreBLEU score object, kept so formatting is byte-identical to the ``sacrebleu`` command."""
 
@@ -113,7 +111,7 @@ def _bleu_with(hyps: list[str], refs: list[str], tokenize: str, metric: BLEU | N
     score = metric.corpus_score(hyps, [refs])
     return MetricResult(
         name=score.name, score=float(score.score), signature=metric.get_signature().format(),
-        verbose=score._verbose, raw=score,
+        raw=score,
     )
 
 
@@ -124,7 +122,7 @@ def corpus_chrf(hyps: list[str], refs: list[str], what: str = "chrF") -> MetricR
     score = metric.corpus_score(hyps, [refs])
     return MetricResult(
         name=score.name, score=float(score.score), signature=metric.get_signature().format(),
-        verbose="", raw=score,
+        raw=score,
     )
 
 
@@ -165,31 +163,21 @@ def wer_signature(lang: str | None = None) -> str:
     return f"norm:nfkc+casefold+nopunct|unit:{unit}"
 
 
-def edit_distance(hyp: list[str], ref: list[str]) -> int:
-    """Levenshtein distance (substitutions + insertions + deletions) between token lists."""
-    prev = list(range(len(ref) + 1))
-    for i, h in enumerate(hyp, 1):
-        cur = [i] + [0] * len(ref)
-        for j, r in enumerate(ref, 1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (h != r))
-        prev = cur
-    return prev[-1]
-
-
 def corpus_wer(hyps: list[str], refs: list[str], lang: str | None = None, what: str = "WER") -> float:
-    """Corpus WER in percent: total edits / total reference tokens after ``normalize_for_wer``.
+    """Corpus WER in percent: total edits / total reference tokens after ``normalize_for_wer``
+    (jiwer's corpus WER on those tokens).
 
     Raises DataError on a length mismatch, empty input, or references with no tokens at all.
     """
+    import jiwer
+
     _check_lengths(hyps, refs, what)
-    edits = total = 0
-    for h, r in zip(hyps, refs):
-        ref_tokens = normalize_for_wer(r, lang)
-        edits += edit_distance(normalize_for_wer(h, lang), ref_tokens)
-        total += len(ref_tokens)
-    if total == 0:
+    ref_tokens = [normalize_for_wer(r, lang) for r in refs]
+    if not any(ref_tokens):
         raise DataError(f"{what}: references contain no words after normalisation")
-    return 100.0 * edits / total
+    # tokens hold no whitespace, so jiwer's own whitespace split gives them back
+    words = jiwer.process_words([" ".join(t) for t in ref_tokens], [" ".join(normalize_for_wer(h, lang)) for h in hyps])
+    return 100.0 * words.wer
 
 
 def group_averages(scores: dict[str, float]) -> dict[str, float | None]:

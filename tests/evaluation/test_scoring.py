@@ -9,7 +9,7 @@ from sacrebleu.metrics import BLEU, CHRF
 from comsl.errors import ComSLError, DataError
 from comsl.evaluation.paper import COMSL_LARGE_BLEU, PAPER_GROUPS
 from comsl.evaluation.scoring import (
-    bleu_tokenizer_for, corpus_bleu, corpus_chrf, corpus_wer, edit_distance, group_averages,
+    bleu_tokenizer_for, corpus_bleu, corpus_chrf, corpus_wer, group_averages,
     normalize_for_wer, read_lines, score_files, score_languages,
 )
 
@@ -66,7 +66,8 @@ def test_length_mismatch_and_missing_file(tmp_path):
 def test_wer_normalisation_and_value():
     assert normalize_for_wer("Hello, World!  It's") == ["hello", "world", "its"]
     assert normalize_for_wer("你好，世界", "zh-CN") == ["你", "好", "世", "界"]
-    assert edit_distance(list("kitten"), list("sitting")) == 3
+    assert corpus_wer(["s i t t i n g"], ["k i t t e n"]) == 50.0  # kitten -> sitting: 3 edits, 6 reference words
+    assert corpus_wer(["凯特"], ["凯蒂特"], "zh-CN") == pytest.approx(100 / 3)  # characters: one deletion
     # 0 + 1 substitution + 1 deletion over 2 + 4 + 2 reference words
     assert corpus_wer(["Hello, world!", "a b c x", "one"], ["hello world", "a b c d", "one two"]) == 25.0
 
