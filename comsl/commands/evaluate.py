@@ -30,6 +30,8 @@ def register(sub) -> None:
                    help="training manifest (or prepared dir) for the 'constant' baseline")
     p.add_argument("--baseline", action="append", default=[], metavar="NAME=DIR",
                    help="score another system's outputs DIR/<lang>.txt (manifest order) as baseline NAME; repeatable")
+    p.add_argument("--no-mt", action="store_true",
+                   help="do not also translate the test transcripts with the model (the 'MT' column, ST only)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--out", required=True, help="output directory for the report")
     p.set_defaults(func=run)
@@ -64,5 +66,5 @@ def run(args) -> int:
     )
     evaluate(args.checkpoint, args.data, args.out, split=args.split, langs=_langs(args.langs), config=config,
              baselines_from=args.baselines_from, baseline_dirs=_baseline_dirs(args.baseline),
-             progress=not args.no_progress)
+             mt=not args.no_mt, progress=not args.no_progress)
     return 0

@@ -1,7 +1,8 @@
 """``comsl evaluate``: decode a split with a checkpoint, score per language, add baselines, write the report.
 
 Reads top to bottom: resolve checkpoint -> read manifest -> decode -> score on raw references ->
-baselines -> write report.json / report.md / hypotheses / plot -> print the BLEU table.
+the same model on the transcripts (MT) -> baselines -> bootstrap intervals and significance ->
+write report.json / report.md / hypotheses / plot -> print the BLEU table.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from comsl.evaluation.baselines import BaselineResult, constant_baseline, load_b
 from comsl.evaluation.decode import DecodeConfig, Decoder, Utterance, manifest_path, read_utterances
 from comsl.evaluation.report import print_table, write_report
 from comsl.evaluation.scoring import score_languages
+from comsl.evaluation.significance import bootstrap
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,7 @@ def evaluate(
     baselines_from: str | os.PathLike | None = None,
     extra_baselines: Iterable[BaselineResult] = (),
     baseline_dirs: Mapping[str, str | os.PathLike] | None = None,
+    mt: bool = True,
     progress: bool = True,
     print_results: bool = True,
 ) -> dict:
@@ -60,6 +63,7 @@ def evaluate(
     ``baselines_from``: a training manifest (or directory with train.tsv) for the ``constant``
     baseline. ``extra_baselines``: already-scored baselines (e.g. Whisper zero-shot) to include.
     ``baseline_dirs``: {name: directory of <lang>.txt hypotheses in manifest order}, scored here.
+    ``mt``: also translate the transcripts with the same model (ST only; the ``mt`` system).
     Raises CheckpointError / DataError / ComSLError with what to fix.
     """
     config = config or DecodeConfig()
@@ -79,6 +83,10 @@ def evaluate(
     if empty_refs:
         raise DataError(f"{manifest}: no {config.task} references for {', '.join(empty_refs)}")
     scores = score_languages(hyps_by_lang, refs_by_lang, config.task)
+    text_input = None
+    if mt and config.task == "st":
+        mt_hyps = decoder.translate_texts([u.transcript for u in utts], [u.src_lang for u in utts])
+        text_input = score_baseline("mt", group_by_lang(utts, mt_hyps), refs_by_lang, config.task)
 
     baselines = list(extra_baselines)
     if baselines_from is not None:
@@ -99,11 +107,26 @@ def evaluate(
         "truncated_utterances": list(decoder.truncated),
         "failed_utterances": list(decoder.failed),
     }
-    report = write_report(out, scores, hyps_by_lang, refs_by_lang, task=config.task, baselines=baselines, meta=meta)
+    confidence = bootstrap_systems(scores, hyps_by_lang, refs_by_lang, [b for b in [text_input, *baselines] if b])
+    report = write_report(out, scores, hyps_by_lang, refs_by_lang, task=config.task, baselines=baselines, meta=meta,
+                          mt=text_input, confidence=confidence)
     if print_results:
         print_table(report)
         print(f"report: {Path(out) / 'report.json'} (and report.md, bleu_per_language.png, hypotheses/)")
     return report
+
+
+def bootstrap_systems(scores, hyps: Mapping[str, list[str]], refs: Mapping[str, list[str]],
+                      others: Sequence[BaselineResult]) -> dict:
+    """95% intervals of the model (``"model"``) and of ``others`` (the ``mt`` system, baselines), and each
+    other's paired-bootstrap p-value against the model (comsl.evaluation.significance)."""
+    systems = {"model": hyps, **{b.name: b.hypotheses for b in others if b.hypotheses is not None}}
+    if "constant" in {b.name for b in others}:  # it keeps one sentence per language, not its hypotheses
+        const = next(b for b in others if b.name == "constant")
+        systems["constant"] = {lang: [s] * len(refs[lang]) for lang, s in const.details["sentence"].items()}
+    bleu = {"model": scores.bleu, **{b.name: b.scores.bleu for b in others}}
+    tokenizers = {lang: sig.split("tok:")[1].split("|")[0] for lang, sig in scores.bleu_signatures.items()}
+    return bootstrap(systems, refs, bleu, tokenizers, "model")
 
 
 def translate_files(

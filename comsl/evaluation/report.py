@@ -3,8 +3,11 @@ and the per-language BLEU table printed at the end of a run.
 
 report.json keys: ``bleu``/``chrf``/``num_sentences`` {lang: ...}, ``groups`` (BLEU High/Med/Low/Avg),
 ``chrf_groups``, ``signature`` (BLEU), ``chrf_signature``, ``bleu_signatures`` {lang: ...},
-``wer``/``wer_groups`` (ASR only), ``baselines`` {name: {bleu, groups, ...}}, ``paper`` (ComSL
-Large's published numbers) and run facts (``task``, ``split``, ``checkpoint``, ``beam``, ...).
+``wer``/``wer_groups`` (ASR only), ``mt`` (the same model on the transcripts: {bleu, groups, ...}),
+``baselines`` {name: {bleu, groups, ...}}, ``paper`` (ComSL Large's published numbers) and run facts
+(``task``, ``split``, ``checkpoint``, ``beam``, ...). With ``bootstrap`` (its method, resamples and
+seed), the model and every system carry ``bleu_ci`` {lang: {mean, ci, low, high}} and ``avg_ci`` (95%,
+sacreBLEU's bootstrap), and ``mt`` and each baseline a ``p_value`` {lang | Avg: p} against the model.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from comsl.languages import GROUPS, normalize_lang
 from comsl.evaluation.baselines import BaselineResult
 from comsl.evaluation.paper import COMSL_LARGE_BLEU, COMSL_LARGE_GROUPS, COMSL_LARGE_NAME
 from comsl.evaluation.scoring import GROUP_NAMES, Scores, clean_segment
+from comsl.evaluation.significance import N_BOOTSTRAP, SEED
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
@@ -49,8 +53,11 @@ def build_report(
     task: str = "st",
     baselines: Iterable[BaselineResult] = (),
     meta: Mapping | None = None,
+    mt: BaselineResult | None = None,
+    confidence: Mapping[str, dict] | None = None,
 ) -> dict:
-    """The report.json object (see the module docstring); ``meta`` adds run facts at top level."""
+    """The report.json object (see the module docstring); ``meta`` adds run facts at top level;
+    ``confidence``: comsl.evaluation.significance.bootstrap's result, keyed ``model`` and by system name."""
     langs = ordered_langs(scores.bleu)
     report: dict = {
         "task": task,
@@ -67,7 +74,17 @@ def build_report(
     if scores.wer is not None:
         report["wer"] = {l: scores.wer[l] for l in langs}
         report["wer_groups"] = scores.wer_groups
+    if mt is not None:
+        report["mt"] = mt.to_json()
     report["baselines"] = {b.name: b.to_json() for b in baselines}
+    if confidence:
+        report["bootstrap"] = {"method": "paired bootstrap resampling (sacreBLEU --paired-bs); Avg: each "
+                                         "resample's per-language mean", "n": N_BOOTSTRAP, "seed": SEED}
+        report.update(confidence.get("model", {}))
+        for name, entry in confidence.items():
+            target = report.get("mt") if name == "mt" else report["baselines"].get(name)
+            if target is not None:
+                target.update(entry)
     report["paper"] = {
         "system": COMSL_LARGE_NAME,
         "bleu": {l: _paper_value(l) for l in langs if _paper_value(l) is not None},
@@ -81,27 +98,47 @@ def _fmt(value: float | None, digits: int = 1) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
+def _ci(system: dict, key: str | None) -> str:
+    """``[low, high]`` of a language (``key``) or of Avg (``key`` None) when the report has intervals."""
+    interval = system.get("avg_ci") if key is None else system.get("bleu_ci", {}).get(key)
+    return "–" if interval is None else f"[{_fmt(interval['low'])}, {_fmt(interval['high'])}]"
+
+
+def _system_cell(system: dict, lang: str | None, group: str | None = None) -> str:
+    """Another system's BLEU, with its 95% interval and p-value against the model when known."""
+    value = system["bleu"].get(lang) if group is None else system["groups"].get(group)
+    cell = _fmt(value)
+    key = lang if group is None else ("Avg" if group == "Avg" else None)
+    if value is None or key is None or "p_value" not in system:
+        return cell
+    p = system["p_value"].get(key)
+    ci = _ci(system, lang if group is None else None)
+    return cell if p is None else f"{cell} {ci} p={p:.3f}"
+
+
 def _table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
-    """Header and rows (languages, then groups) shared by the Markdown and stdout tables."""
-    baseline_names = list(report.get("baselines", {}))
-    wer = report.get("wer")
-    header = ["lang", "group", "n", "BLEU", "chrF"] + (["WER"] if wer else [])
-    header += baseline_names + ["paper"]
+    """Header and rows (languages, then groups) shared by the Markdown and stdout tables: the model's
+    BLEU and 95% interval, chrF (WER), then the ``mt`` system and the baselines (BLEU [interval] p)."""
+    systems = ({"MT": report["mt"]} if "mt" in report else {}) | report.get("baselines", {})
+    wer, intervals = report.get("wer"), "bleu_ci" in report
+    header = ["lang", "group", "n", "BLEU"] + (["95% CI"] if intervals else []) + ["chrF"] + (["WER"] if wer else [])
+    header += list(systems) + ["paper"]
     rows = []
     for lang in report["languages"]:
         group = next((g for g, members in GROUPS.items() if lang in members), "")
-        row = [lang, group, str(report["num_sentences"][lang]), _fmt(report["bleu"][lang]),
-               _fmt(report["chrf"][lang])]
-        row += [_fmt(wer[lang])] if wer else []
-        row += [_fmt(report["baselines"][b]["bleu"].get(lang)) for b in baseline_names]
+        row = [lang, group, str(report["num_sentences"][lang]), _fmt(report["bleu"][lang])]
+        row += [_ci(report, lang)] if intervals else []
+        row += [_fmt(report["chrf"][lang])] + ([_fmt(wer[lang])] if wer else [])
+        row += [_system_cell(s, lang) for s in systems.values()]
         row.append(_fmt(report["paper"]["bleu"].get(lang)))
         rows.append(row)
     for group in GROUP_NAMES:
         n = sum(int(report["num_sentences"][l]) for l in report["languages"]
                 if group == "Avg" or l in GROUPS.get(group, ()))
-        row = [group, "", str(n), _fmt(report["groups"][group]), _fmt(report["chrf_groups"][group])]
-        row += [_fmt(report["wer_groups"][group])] if wer else []
-        row += [_fmt(report["baselines"][b]["groups"].get(group)) for b in baseline_names]
+        row = [group, "", str(n), _fmt(report["groups"][group])]
+        row += [_ci(report, None) if group == "Avg" else "–"] if intervals else []
+        row += [_fmt(report["chrf_groups"][group])] + ([_fmt(report["wer_groups"][group])] if wer else [])
+        row += [_system_cell(s, None, group) for s in systems.values()]
         row.append(_fmt(report["paper"]["groups"].get(group)))
         rows.append(row)
     return header, rows
@@ -143,7 +180,7 @@ def render_markdown(report: dict) -> str:
         f"{' '.join(GROUPS['High'])}; Med = {' '.join(GROUPS['Med'])}; Low = the other 12), each the mean "
         "over the languages present; Avg is the mean over all languages present. `paper` is "
         f"{report['paper']['system']} (CoVoST 2 test, Tables 1 and 5); its group numbers are over all "
-        "21 languages, so they compare only when all 21 are evaluated.", "",
+        "21 languages, so they compare only when all 21 are evaluated." + _bootstrap_note(report), "",
         "| " + " | ".join(header) + " |",
         "|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|",
     ]
@@ -158,6 +195,16 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _bootstrap_note(report: dict) -> str:
+    if "bootstrap" not in report:
+        return ""
+    b = report["bootstrap"]
+    return (f" `95% CI` and the `[low, high]` after other systems' BLEU: sacreBLEU's bootstrap interval ({b['n']} "
+            f"resamples, seed {b['seed']}; Avg: the mean over languages of each resample); `p`: paired-bootstrap "
+            "p-value of that system against this model (sacreBLEU `--paired-bs`). `MT`: this model translating "
+            "the reference transcripts (text input).")
+
+
 def plot_bleu(report: dict, path: str | Path) -> Path:
     """Bar chart of BLEU per language (baselines and the paper as markers); writes a PNG."""
     langs = report["languages"]
@@ -167,7 +214,7 @@ def plot_bleu(report: dict, path: str | Path) -> Path:
     ax = fig.add_subplot(1, 1, 1)
     ax.bar(x, [report["bleu"][l] for l in langs], color="#9ecae1", label="this model")
     styles = iter(zip("os^Dv", ("tab:red", "tab:orange", "tab:green", "tab:purple", "tab:brown")))
-    for name, base in report.get("baselines", {}).items():
+    for name, base in (({"mt": report["mt"]} if "mt" in report else {}) | report.get("baselines", {})).items():
         pts = [(i, base["bleu"][l]) for i, l in enumerate(langs) if l in base["bleu"]]
         marker, color = next(styles, ("x", "tab:gray"))
         if pts:
@@ -201,9 +248,12 @@ def write_report(
     task: str = "st",
     baselines: Iterable[BaselineResult] = (),
     meta: Mapping | None = None,
+    mt: BaselineResult | None = None,
+    confidence: Mapping[str, dict] | None = None,
 ) -> dict:
     """Write report.json, report.md, hypotheses/<lang>.txt, references/<lang>.txt, the PNG, and
-    each baseline's hypotheses under baselines/<name>/<lang>.txt when it kept them.
+    each baseline's hypotheses under baselines/<name>/<lang>.txt when it kept them (the ``mt``
+    system's under mt/<lang>.txt). ``mt``/``confidence``: see build_report.
 
     Returns the report dict. ``sacrebleu references/fr.txt -i hypotheses/fr.txt`` reproduces
     ``report["bleu"]["fr"]``.
@@ -211,13 +261,15 @@ def write_report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     baselines = list(baselines)
-    report = build_report(scores, task=task, baselines=baselines, meta=meta)
+    report = build_report(scores, task=task, baselines=baselines, meta=meta, mt=mt, confidence=confidence)
     for lang in report["languages"]:
         _write_lines(out / "hypotheses" / f"{lang}.txt", list(hypotheses[lang]))
         _write_lines(out / "references" / f"{lang}.txt", list(references[lang]))
     for base in baselines:
         for lang, hyps in (base.hypotheses or {}).items():
             _write_lines(out / "baselines" / base.name / f"{lang}.txt", hyps)
+    for lang, hyps in ((mt.hypotheses or {}) if mt is not None else {}).items():
+        _write_lines(out / "mt" / f"{lang}.txt", hyps)
     report["files"] = {"markdown": REPORT_MD, "plot": PLOT_PNG, "hypotheses": "hypotheses/",
                        "references": "references/"}
     (out / REPORT_JSON).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -151,3 +151,30 @@ def test_dev_evaluator_matches_evaluate(run_dir, tmp_path):
     result = dev(model)
     assert set(result["bleu"]) == {"fr", "de"} and result["avg"] == pytest.approx(sum(result["bleu"].values()) / 2)
     assert dev(model) == result  # deterministic, and the model is left usable
+
+
+def test_evaluate_reports_mt_on_the_transcripts(run_dir, tmp_path, monkeypatch):
+    from comsl.evaluation.decode import DecodeConfig, Decoder
+    from comsl.evaluation.evaluate import evaluate
+
+    calls = []
+    real = Decoder.translate_texts
+
+    def recording(self, texts, langs):
+        calls.append((list(texts), list(langs)))
+        return real(self, texts, langs)
+
+    monkeypatch.setattr(Decoder, "translate_texts", recording)
+    cfg = DecodeConfig(beam=2, max_new_tokens=6, batch_seconds=4, device="cpu")
+    report = evaluate(run_dir / "run", run_dir / "data", tmp_path / "a", config=cfg, progress=False,
+                      print_results=False)
+    # the model's text input is the transcript of each test utterance, in its language
+    assert calls == [([tr for _, tr, _ in UTTS], [lang for lang, _, _ in UTTS])]
+    expected = real(Decoder.from_checkpoint(run_dir / "run", cfg), *calls[0])
+    written = [line for lang in ("fr", "de", "ja")  # UTTS are grouped fr, de, ja already
+               for line in (tmp_path / "a" / "mt" / f"{lang}.txt").read_text(encoding="utf-8").splitlines()]
+    assert written == expected and all(written)
+    assert set(report["mt"]["bleu"]) == {"fr", "de", "ja"} and set(report["mt"]["p_value"]) == {"fr", "de", "ja", "Avg"}
+    assert set(report["bleu_ci"]) == {"fr", "de", "ja"} and "avg_ci" in report
+    assert "mt" not in evaluate(run_dir / "run", run_dir / "data", tmp_path / "b", config=cfg, mt=False,
+                                progress=False, print_results=False)

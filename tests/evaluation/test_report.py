@@ -95,3 +95,36 @@ def test_asr_report_has_wer(tmp_path):
 
 def test_ordered_langs():
     assert ordered_langs(["ja", "xx", "zh-CN", "fr"]) == ["fr", "zh-CN", "ja", "xx"]
+
+
+def test_intervals_p_values_and_mt_in_json_markdown_and_table(tmp_path):
+    from comsl.evaluation.evaluate import bootstrap_systems
+    from comsl.evaluation.significance import bootstrap
+
+    scores = score_languages(HYPS, REFS)
+    const = constant_baseline([s for refs in REFS.values() for s in refs], REFS, progress=False)
+    mt = score_baseline("mt", REFS, REFS)  # text input translated perfectly
+    confidence = bootstrap_systems(scores, HYPS, REFS, [mt, const])
+    # the constant baseline is resampled as the sentence it emits for every utterance
+    direct = bootstrap({"model": HYPS, "constant": {l: [const.details["sentence"][l]] * 2 for l in REFS}}, REFS,
+                       {"model": scores.bleu, "constant": const.scores.bleu}, {l: "13a" for l in REFS}, "model")
+    assert confidence["constant"] == direct["constant"]
+    report = write_report(tmp_path, scores, HYPS, REFS, baselines=[const], mt=mt, confidence=confidence)
+    on_disk = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
+    assert on_disk["bleu_ci"] == confidence["model"]["bleu_ci"] and on_disk["avg_ci"] == confidence["model"]["avg_ci"]
+    assert on_disk["bleu_ci"]["fr"] == pytest.approx({"mean": 100.0, "ci": 0.0, "low": 100.0, "high": 100.0})  # perfect
+    assert on_disk["mt"]["bleu"] == pytest.approx({"fr": 100.0, "de": 100.0, "ja": 100.0})
+    assert set(on_disk["mt"]["p_value"]) == set(on_disk["baselines"]["constant"]["p_value"]) == {*REFS, "Avg"}
+    assert on_disk["bootstrap"]["n"] == 1000 and on_disk["bootstrap"]["seed"] == 12345
+    assert (tmp_path / "mt" / "de.txt").read_text(encoding="utf-8").splitlines() == REFS["de"]
+
+    table = format_table(report)
+    assert "95% CI" in table.splitlines()[0] and "MT" in table.splitlines()[0]
+    avg = on_disk["avg_ci"]
+    avg_row = next(line for line in table.splitlines() if line.startswith("Avg"))
+    assert f"[{avg['low']:.1f}, {avg['high']:.1f}]" in avg_row
+    p = on_disk["baselines"]["constant"]["p_value"]["Avg"]
+    c_avg = on_disk["baselines"]["constant"]["avg_ci"]
+    assert avg_row.split()[-1] == "31.5" and f"[{c_avg['low']:.1f}, {c_avg['high']:.1f}] p={p:.3f}" in avg_row
+    md = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "| fr | High | 2 | 100.0 | [100.0, 100.0] |" in md and "paired-bootstrap" in md
