@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--langs", default=None, help="comma-separated CoVoST codes (default: all in the manifest)")
     p.add_argument("--beam", type=int, default=5, help="beam size")
     p.add_argument("--max-new-tokens", type=int, default=48, help="length cap (TTS speech can make Whisper loop)")
+    p.add_argument("--batch-size", type=int, default=16, help="utterances per generate call, languages mixed")
     p.add_argument("--out", required=True, help="output directory for <lang>.txt")
     args = p.parse_args(argv)
     try:
@@ -33,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         for u in utts:
             waveforms.setdefault(u.src_lang, []).append(load_audio(u.audio))
         start = time.time()
-        hyps = whisper_zero_shot(args.whisper, waveforms, beam=args.beam, max_new_tokens=args.max_new_tokens)
+        hyps = whisper_zero_shot(args.whisper, waveforms, beam=args.beam, batch_size=args.batch_size,
+                                 max_new_tokens=args.max_new_tokens)
     except ComSLError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
