@@ -125,8 +125,14 @@ def bootstrap_systems(scores, hyps: Mapping[str, list[str]], refs: Mapping[str, 
         const = next(b for b in others if b.name == "constant")
         systems["constant"] = {lang: [s] * len(refs[lang]) for lang, s in const.details["sentence"].items()}
     bleu = {"model": scores.bleu, **{b.name: b.scores.bleu for b in others}}
-    tokenizers = {lang: sig.split("tok:")[1].split("|")[0] for lang, sig in scores.bleu_signatures.items()}
-    return bootstrap(systems, refs, bleu, tokenizers, "model")
+    return bootstrap(systems, refs, bleu, {lang: signature_tokenizer(sig) for lang, sig in scores.bleu_signatures.items()},
+                     "model")
+
+
+def signature_tokenizer(signature: str) -> str:
+    """The sacreBLEU ``tokenize`` name behind a signature's ``tok:`` field (``ja-mecab-0.996-IPA`` -> ``ja-mecab``)."""
+    tok = signature.split("tok:")[1].split("|")[0]
+    return next((name for name in ("ja-mecab", "ko-mecab") if tok.startswith(name)), tok)
 
 
 def translate_files(

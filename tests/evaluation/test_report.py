@@ -128,3 +128,11 @@ def test_intervals_p_values_and_mt_in_json_markdown_and_table(tmp_path):
     assert avg_row.split()[-1] == "31.5" and f"[{c_avg['low']:.1f}, {c_avg['high']:.1f}] p={p:.3f}" in avg_row
     md = (tmp_path / "report.md").read_text(encoding="utf-8")
     assert "| fr | High | 2 | 100.0 | [100.0, 100.0] |" in md and "paired-bootstrap" in md
+
+
+def test_signature_tokenizer_names_what_sacrebleu_accepts():
+    from comsl.evaluation.evaluate import signature_tokenizer
+
+    assert signature_tokenizer("nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0") == "13a"
+    assert signature_tokenizer("nrefs:1|case:mixed|eff:no|tok:ja-mecab-0.996-IPA|smooth:exp|version:2.6.0") == "ja-mecab"
+    assert signature_tokenizer("nrefs:1|case:mixed|eff:no|tok:char|smooth:exp|version:2.6.0") == "char"
