@@ -242,8 +242,9 @@ class TrainConfig:
     zero_stage: int | None = None
     """Override the ZeRO stage of ``deepspeed_config`` (0-3)."""
 
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    """Training precision."""
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
+    """Forward precision: bf16/fp16 autocast over float32 weights (fp16 with a loss scaler); ``auto`` = bf16
+    where the device has bf16 units, else fp16 on GPU / fp32 on CPU; bf16 on a CPU without them trains fp32."""
 
     seed: int = 1
     """Seed for initialisation, masking, dropout and batch order."""

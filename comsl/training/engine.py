@@ -27,6 +27,7 @@ from torch import nn
 from comsl.config import OptimConfig, TrainConfig
 from comsl.errors import CheckpointError, ConfigError
 from comsl.training.checkpoint import load_torch_state
+from comsl.training.precision import DTYPES, autocast, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,8 @@ class Engine:
     device: torch.device
     rank: int = 0
     world_size: int = 1
+    #: The precision the forward runs at (``train.precision`` resolved for the device): fp32, bf16 or fp16.
+    precision: str = "fp32"
     #: True when a non-finite micro-batch after the first of a step can still be thrown away.
     can_discard_accumulated: bool = True
 
@@ -163,9 +166,14 @@ class Engine:
     def _comm_device(self) -> torch.device:
         return self.device if dist.get_backend() == "nccl" else torch.device("cpu")
 
+    def autocast(self):
+        """The autocast context of this engine's precision (training forwards and dev evaluation)."""
+        return autocast(self.device, self.precision)
+
     @contextlib.contextmanager
-    def gathered_params(self):
-        """Context in which the full weights are present on every rank (ZeRO-3 gathers them)."""
+    def gathered_params(self, fp32: bool = False):
+        """Context in which the full weights are present on every rank (ZeRO-3 gathers them);
+        ``fp32=True``: as float32 master weights (for exports), where the engine trains 16-bit copies."""
         yield
 
     # ---- to be provided by engines
@@ -194,7 +202,8 @@ class TorchEngine(Engine):
             loss_fn.to(self.device)
         self.grad_accum = train.grad_accum
         self.max_grad_norm = optim.max_grad_norm
-        self.precision = train.precision
+        # Weights and AdamW state stay float32; only the forward runs under autocast.
+        self.precision = resolve_precision(train.precision, self.device)
         wrapper = LossModule(self.model, loss_fn)
         if self.distributed:
             # Multi-task parts may be skipped in a step (zero weight, frozen speech blocks).
@@ -218,8 +227,7 @@ class TorchEngine(Engine):
         if self.distributed and not last_micro:
             # Gradients are all-reduced once per optimizer step, on the last micro-batch.
             self._sync_ctx.enter_context(self.module.no_sync())
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
-        with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+        with self.autocast():
             return self.module(batch, step)
 
     def backward(self, loss):
@@ -277,10 +285,13 @@ class TorchEngine(Engine):
             self.scaler.load_state_dict(state["scaler"])
 
 
-def deepspeed_config(train: TrainConfig, optim: OptimConfig) -> dict[str, Any]:
+def deepspeed_config(train: TrainConfig, optim: OptimConfig, precision: str | None = None) -> dict[str, Any]:
     """The DeepSpeed JSON of ``train.deepspeed_config`` with batch, accumulation, clipping, precision
-    and ZeRO stage filled in from our config (our collator builds whole batches, so DeepSpeed's
+    (``precision``, resolved for the device; default ``train.precision`` resolved for this process's
+    device) and ZeRO stage filled in from our config (our collator builds whole batches, so DeepSpeed's
     micro-batch size is 1)."""
+    if precision is None:
+        precision = resolve_precision(train.precision, _device(dist_info()[2]))
     if train.deepspeed_config:
         path = Path(train.deepspeed_config)
         if not path.is_file():
@@ -298,9 +309,9 @@ def deepspeed_config(train: TrainConfig, optim: OptimConfig) -> dict[str, Any]:
     cfg["train_micro_batch_size_per_gpu"] = 1
     cfg["gradient_accumulation_steps"] = train.grad_accum
     cfg["gradient_clipping"] = optim.max_grad_norm
-    cfg["bf16"] = {"enabled": train.precision == "bf16"}
+    cfg["bf16"] = {"enabled": precision == "bf16"}
     fp16 = dict(cfg.get("fp16", {}))
-    fp16["enabled"] = train.precision == "fp16"
+    fp16["enabled"] = precision == "fp16"
     cfg["fp16"] = fp16
     zero = dict(cfg.get("zero_optimization", {}))
     if train.zero_stage is not None:
@@ -338,7 +349,8 @@ class DeepSpeedEngine(Engine):
         self.device = _device(local_rank)
         if not dist.is_initialized():
             deepspeed.init_distributed(dist_backend="nccl" if self.device.type == "cuda" else "gloo")
-        self.config = deepspeed_config(train, optim)
+        self.precision = resolve_precision(train.precision, self.device)
+        self.config = deepspeed_config(train, optim, self.precision)
         self.zero_stage = int(self.config["zero_optimization"].get("stage", 0))
         if hasattr(loss_fn, "to"):
             loss_fn.to(self.device)
@@ -348,14 +360,17 @@ class DeepSpeedEngine(Engine):
         self.ds.checkpoint_engine = _weights_only_checkpoint_engine(self.ds)
         self.model = model
         self.device = self.ds.device if isinstance(self.ds.device, torch.device) else torch.device(self.ds.device)
-        self.float_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(train.precision)
+        self.float_dtype = DTYPES.get(self.precision)
 
     def prepare(self, batch):
         # DeepSpeed casts the module to 16 bit; float inputs must follow.
         return to_device(batch, self.device, self.float_dtype)
 
     def forward(self, batch, step, last_micro):
-        return self.ds(batch, step)
+        # DeepSpeed has cast the student to 16 bit; autocast also puts the frozen teacher (kept outside
+        # DeepSpeed's module) on 16-bit matmuls and keeps autocast's float32 ops (losses) in float32.
+        with self.autocast():
+            return self.ds(batch, step)
 
     def backward(self, loss):
         self.ds.backward(loss)
@@ -366,7 +381,7 @@ class DeepSpeedEngine(Engine):
 
     def backward_zero(self, batch, step):
         """Stand-in for a dropped non-finite micro-batch after the first: zero gradient contribution."""
-        total, _ = self.ds(batch, step)
+        total, _ = self.forward(batch, step, last_micro=True)
         self.ds.backward(total * 0.0)
         self.ds.step()
 
@@ -374,13 +389,37 @@ class DeepSpeedEngine(Engine):
         pass  # DeepSpeed stepped inside backward() on the boundary micro-batch
 
     @contextlib.contextmanager
-    def gathered_params(self):
-        if self.zero_stage == 3:
-            import deepspeed
-            with deepspeed.zero.GatheredParameters(list(self.model.parameters()), modifier_rank=None):
-                yield
-        else:
+    def gathered_params(self, fp32=False):
+        with contextlib.ExitStack() as stack:
+            if self.zero_stage == 3:
+                import deepspeed
+                stack.enter_context(deepspeed.zero.GatheredParameters(list(self.model.parameters()),
+                                                                      modifier_rank=None))
+            if fp32 and self.float_dtype is not None:
+                stack.enter_context(self._master_weights())
             yield
+
+    @contextlib.contextmanager
+    def _master_weights(self):
+        """Swap every 16-bit parameter's data for its full float32 master copy (a collective: every
+        rank calls it), and back on exit; tensors without a master (frozen parameters, buffers) are
+        upcast."""
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        saved = []
+        for p in self.model.parameters():
+            master = safe_get_full_fp32_param(p)
+            saved.append((p, p.data))
+            p.data = (master if master is not None else p.data.float()).to(p.device)
+        for b in self.model.buffers():
+            if b.is_floating_point():
+                saved.append((b, b.data))
+                b.data = b.data.float()
+        try:
+            yield
+        finally:
+            for p, data in saved:
+                p.data = data
 
     def save(self, ckpt_dir):
         # Every rank writes its own partitions.

@@ -224,10 +224,10 @@ class Trainer:
             ckpt.write_common_files(tmp, trainer_state=self._trainer_state(),
                                     structure=param_shapes(self.task.model), run_config=self.run_config)
             if self.train.checkpoint_export:
-                with e.gathered_params():
+                with e.gathered_params(fp32=True):
                     ckpt.export_model(self.task.model, tmp / "model", self.task.tokenizer)
         elif self.train.checkpoint_export:
-            with e.gathered_params():
+            with e.gathered_params(fp32=True):
                 pass
         e.barrier()
         if e.is_main:
@@ -334,7 +334,8 @@ class Trainer:
         was_training = model.training
         model.eval()
         # Evaluation must not move the training RNG streams (exact resume, eval-interval independence).
-        with torch.random.fork_rng(devices=[]), torch.no_grad(), self.engine.gathered_params():
+        with (torch.random.fork_rng(devices=[]), torch.no_grad(), self.engine.gathered_params(),
+              self.engine.autocast()):
             result = self.task.evaluate_fn(model)
         model.train(was_training)
         result = self.engine.broadcast_object(result)
@@ -357,7 +358,7 @@ class Trainer:
 
     def _export(self, target: Path) -> None:
         self._check_finite_weights(f"export to {target}")
-        with self.engine.gathered_params():
+        with self.engine.gathered_params(fp32=True):
             if self.engine.is_main:
                 ckpt.export_model(self.task.model, target, self.task.tokenizer)
         self.engine.barrier()

@@ -83,9 +83,11 @@ class TinyLoss:
     def __init__(self, nan_steps: set[int] | None = None, record: Path | None = None):
         self.nan_steps = nan_steps or set()
         self.record = record
+        self.logit_dtypes: set[torch.dtype] = set()  # what the engine's forward ran in
 
     def __call__(self, model, batch, step):
         logits = model(batch["x"])
+        self.logit_dtypes.add(logits.dtype)
         ce = nn.functional.cross_entropy(logits, batch["y"])
         aux = 0.01 * logits.float().pow(2).mean()
         total = ce + aux
@@ -159,6 +161,7 @@ def make_task(*, seed: int = 1, hidden: int = HIDDEN, nan_steps=None, record: Pa
 def configs(out: str, **kw) -> tuple[TrainConfig, OptimConfig]:
     optim = OptimConfig(lr=kw.pop("lr", 3e-2), warmup_steps=kw.pop("warmup_steps", 3), weight_decay=0.1)
     kw.setdefault("save_every", 4)
+    kw.setdefault("precision", "auto")  # bf16 where the CPU has bf16 units: the path GPU users take
     train = TrainConfig(out_dir=out, max_steps=kw.pop("max_steps", 8), log_every=1,
                         freeze_speech_fraction=kw.pop("freeze_speech_fraction", 0.25), **kw)
     return train, optim
@@ -174,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stop-after", type=int, default=0)
     p.add_argument("--save-every", type=int, default=4)
     p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--precision", default="auto")
     p.add_argument("--hidden", type=int, default=HIDDEN)
     p.add_argument("--record", action="store_true", help="append batch ids to <out>/batches_rank<r>.jsonl")
     a = p.parse_args(argv)
@@ -182,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     Path(a.out).mkdir(parents=True, exist_ok=True)
     train, optim = configs(a.out, max_steps=a.max_steps, stop_after=a.stop_after, engine=a.engine,
                            zero_stage=a.zero_stage, grad_accum=a.grad_accum,
-                           deepspeed_config=a.ds_config, save_every=a.save_every)
+                           deepspeed_config=a.ds_config, save_every=a.save_every, precision=a.precision)
     result = Trainer(task, train, optim).fit()
     params = {k: v.detach().float().cpu() for k, v in task.model.state_dict().items()}
     if rank == 0:
