@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,20 +12,9 @@ from comsl.config import OptimConfig, TrainConfig
 from comsl.training.engine import deepspeed_config
 from comsl.training.logging import read_metrics
 
-from .tiny_task import TinyModel, assert_same_run, clean_env, fit, losses, params
+from .tiny_task import TinyModel, assert_same_run, fit, losses, params, run_script
 
-SCRIPT = Path(__file__).with_name("tiny_task.py")
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "deepspeed"
-
-
-def run_script(out: Path, *args: str, torchrun: bool = False) -> dict:
-    cmd = [sys.executable, str(SCRIPT), "--out", str(out), *args]
-    if torchrun:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-               "--standalone", str(SCRIPT), "--out", str(out), *args]
-    proc = subprocess.run(cmd, env=clean_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    return json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
 
 
 def test_exact_resume_under_zero2_in_a_fresh_process(tmp_path):

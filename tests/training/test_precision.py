@@ -12,8 +12,7 @@ from safetensors.torch import load_file
 from comsl.training import precision
 from comsl.training.engine import TorchEngine
 
-from .test_engine import run_script
-from .tiny_task import assert_same_run, fit, make_task, params
+from .tiny_task import assert_same_run, fit, make_task, params, run_script
 
 needs_bf16 = pytest.mark.skipif(not precision.cpu_has_bf16(), reason="this CPU has no bf16 units")
 ENGINES = {"torch": {}, "zero2": dict(engine="deepspeed", zero_stage=2)}

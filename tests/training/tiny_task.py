@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -208,6 +209,17 @@ def clean_env() -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------- helpers of the tests
+
+
+def run_script(out: Path, *args: str, torchrun: bool = False) -> dict:
+    """Run this script (under a 2-process torchrun when ``torchrun``) in a fresh process; its JSON result."""
+    cmd = [sys.executable, __file__, "--out", str(out), *args]
+    if torchrun:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               "--standalone", __file__, "--out", str(out), *args]
+    proc = subprocess.run(cmd, env=clean_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
 
 
 def fit(out: Path, task=None, **kw):
