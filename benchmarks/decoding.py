@@ -4,8 +4,10 @@
 text encoder run once, outside the timing) and must return identical token ids (asserted). The model is
 the benchmark composite with random weights made to behave like a trained one: the decoder's final layer
 norm is scaled (confident next-token distributions) and ``</s>`` gets a logit bias, so hypotheses end
-after a varying number of tokens instead of all running to the cap. Runs are interleaved.
-Last line: ``decode_speedup=X`` (generate / ours, process CPU time; the wall-time ratio is printed too).
+after a varying number of tokens instead of all running to the cap. Both are run in fp32 and, as a
+second pair, in bf16 (autocast over float32 weights; identical tokens asserted within each pair). Runs
+are interleaved. Last line: ``decode_speedup=X decode_speedup_bf16=Y`` (generate / ours, process CPU
+time; the wall-time ratios are printed too).
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import EOS, PAD, bench_model, covost_like, interleaved, make_batch  # noqa: E402
 
 from comsl.models.beam_search import beam_search  # noqa: E402
+from comsl.training.precision import autocast  # noqa: E402
+
+PAIRS = {"fp32": ("ours", "generate"), "bf16": ("ours_bf16", "generate_bf16")}
 
 
 def make_confident(model, logit_scale: float, eos_bias: float, cross_scale: float) -> None:
@@ -59,12 +64,13 @@ def main(argv=None) -> dict:
             inputs.append((enc, mask))
 
     kw = dict(num_beams=args.num_beams, max_new_tokens=args.max_new_tokens, length_penalty=1.0)
-    outputs: dict[str, list] = {"ours": [], "generate": []}
+    names = [name for pair in PAIRS.values() for name in pair]
+    outputs: dict[str, list] = {name: [] for name in names}
 
     def run(name, item):
         enc, mask = item
-        with torch.no_grad():
-            if name == "ours":
+        with torch.no_grad(), autocast(torch.device("cpu"), "bf16" if name.endswith("_bf16") else "fp32"):
+            if name.startswith("ours"):
                 out = beam_search(tm, enc, mask, decoder_start_id=EOS, forced_bos_id=5, eos_id=EOS, pad_id=PAD,
                                   forced_eos_id=tm.generation_config.forced_eos_token_id, **kw)
             else:
@@ -73,25 +79,28 @@ def main(argv=None) -> dict:
                                   eos_token_id=EOS, pad_token_id=PAD, early_stopping=True, do_sample=False, **kw)
         outputs[name].append(out)
 
-    run("ours", inputs[0])  # warm-up
-    run("generate", inputs[0])
-    outputs = {"ours": [], "generate": []}
+    for name in names:
+        run(name, inputs[0])  # warm-up
+    outputs = {name: [] for name in names}
     cpu: dict[str, float] = {}
-    times = interleaved({"ours": inputs * repeats, "generate": inputs * repeats}, run, cpu)
-    for a, b in zip(outputs["ours"], outputs["generate"]):
-        assert a.shape == b.shape and torch.equal(a, b), "beam search outputs differ from generate"
+    times = interleaved({name: inputs * repeats for name in names}, run, cpu)
+    for precision, (ours, gen) in PAIRS.items():
+        for a, b in zip(outputs[ours], outputs[gen]):
+            assert a.shape == b.shape and torch.equal(a, b), f"beam search outputs differ from generate ({precision})"
     lengths = torch.cat([(o != PAD).sum(1) - 1 for o in outputs["ours"][:n_batches]]).tolist()
     n_sent = n_batches * args.batch_size * repeats
     print(f"{n_sent} sentences ({n_batches} batches of {args.batch_size} x {repeats} repeats), beam {args.num_beams}, "
           f"max_new_tokens {args.max_new_tokens}, torch threads {torch.get_num_threads()}")
     print(f"generated lengths: min {min(lengths)} mean {sum(lengths) / len(lengths):.1f} max {max(lengths)}")
-    print("outputs identical: yes")
-    for name in ("ours", "generate"):
-        print(f"{name:10s} wall {times[name]:8.2f} s  {n_sent / times[name]:8.2f} sentences/s   cpu {cpu[name]:8.2f} s")
-    print(f"wall-time speedup: {times['generate'] / times['ours']:.2f}")
-    speedup = cpu["generate"] / cpu["ours"]
-    print(f"decode_speedup={speedup:.2f}")
-    return {"decode_speedup": speedup}
+    print("outputs identical (within each precision): yes")
+    for name in names:
+        print(f"{name:14s} wall {times[name]:8.2f} s  {n_sent / times[name]:8.2f} sentences/s   cpu {cpu[name]:8.2f} s")
+    result = {}
+    for precision, (ours, gen) in PAIRS.items():
+        print(f"wall-time speedup {precision}: {times[gen] / times[ours]:.2f}")
+        result["decode_speedup" + ("" if precision == "fp32" else "_bf16")] = cpu[gen] / cpu[ours]
+    print(" ".join(f"{k}={v:.2f}" for k, v in result.items()))
+    return result
 
 
 if __name__ == "__main__":

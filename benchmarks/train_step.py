@@ -39,6 +39,7 @@ from common import (PASSES, SHAPES, bench_model, breakdown, comsl_loss, covost_l
                     make_batch, peak_rss_probe, shape_kwargs)
 
 from comsl.data.batching import FRAME_SAMPLES, LengthBucketSampler  # noqa: E402
+from comsl.training.precision import autocast, resolve_precision  # noqa: E402
 
 BATCH = 8
 PAD_FRAMES = {"pad11_b1": 1100, "pad11": 1100, "pad30": 3000}
@@ -59,21 +60,25 @@ def batches_of(name: str, corpus, seed: int = 0) -> list[list[int]]:
 
 
 class Trainer:
-    """One contender: its own copy of the model, loss (with teacher) and optimizer."""
+    """One contender: its own copy of the model, loss (with teacher) and optimizer; ``precision`` fp32 or
+    bf16 (autocast over float32 weights, as ``train.precision: bf16`` trains)."""
 
-    def __init__(self, model):
+    def __init__(self, model, precision: str = "fp32", objectives=None):
         self.model = copy.deepcopy(model).train()
-        self.loss = comsl_loss(self.model)
+        self.loss = comsl_loss(self.model, objectives)
         self.opt = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=1e-4)
+        self.precision = precision
 
-    def step(self, batch: dict) -> None:
+    def step(self, batch: dict) -> float:
         self.opt.zero_grad(set_to_none=True)
-        total, _ = self.loss(self.model, batch)
+        with autocast(torch.device("cpu"), self.precision):
+            total, _ = self.loss(self.model, batch)
         total.backward()
         self.opt.step()
+        return float(total)
 
 
-def probe_memory(name: str, n: int, shape: str) -> None:
+def probe_memory(name: str, n: int, shape: str, precision: str) -> None:
     """Subprocess entry: peak RSS of one step on ``name``'s largest batch; prints ``peak_mib=X``."""
     corpus = covost_like(n)
     kwargs = shape_kwargs(shape)
@@ -81,13 +86,13 @@ def probe_memory(name: str, n: int, shape: str) -> None:
     batches = batches_of(name, corpus)
     frames = lambda b: len(b) * (PAD_FRAMES.get(name) or corpus.frames[b].max())  # noqa: E731
     largest = max(batches, key=frames)
-    trainer = Trainer(bench_model(**kwargs))
+    trainer = Trainer(bench_model(**kwargs), precision)
     batch = make_batch(corpus, largest, vocab, pad_frames=PAD_FRAMES.get(name))
     trainer.step(batch)  # optimizer state and allocator warm-up belong to the baseline
     print(f"peak_mib={peak_rss_probe(lambda: trainer.step(batch), repeats=1):.0f} batch={len(largest)}")
 
 
-def profile(shape: str, n: int, repeats: int) -> None:
+def profile(shape: str, n: int, repeats: int, precision: str) -> None:
     """Per-pass CPU seconds of training on the same 8 utterances: ours (padded to their longest, masks),
     pad11 (one batch padded to 11 s) and pad11_b1 (8 steps of one utterance padded to 11 s); best of
     ``repeats``."""
@@ -98,15 +103,16 @@ def profile(shape: str, n: int, repeats: int) -> None:
             "pad11": [make_batch(corpus, idx, kwargs["vocab"], pad_frames=1100)],
             "pad11_b1": [make_batch(corpus, [i], kwargs["vocab"], pad_frames=1100) for i in idx]}
     base = bench_model(**kwargs)
-    trainers = {name: Trainer(base) for name in work}
+    trainers = {name: Trainer(base, precision) for name in work}
     rows: dict[str, dict[str, float]] = {}
     for name, trainer in trainers.items():
         trainer.step(work[name][-1])  # warm-up
     for _ in range(repeats):
         for name, trainer in trainers.items():
-            row = breakdown(trainer.model, trainer.loss, trainer.opt, work[name])
+            with autocast(torch.device("cpu"), precision):
+                row = breakdown(trainer.model, trainer.loss, trainer.opt, work[name])
             rows[name] = {k: min(v, rows.get(name, row)[k]) for k, v in row.items()}
-    print(f"profile, shape {shape}: one training step on 8 utterances ({int(corpus.frames[idx].sum())} real "
+    print(f"profile, shape {shape}, {precision}: one training step on 8 utterances ({int(corpus.frames[idx].sum())} real "
           f"frames; ours pads to {work['ours'][0]['speech'].shape[-1]}), CPU seconds, best of {repeats}")
     print(f"  {'part':28s} " + " ".join(f"{name:>9s}" for name in work) + "  pad11/ours  pad11_b1/ours")
     for label in ["step", "forward"] + [lbl for _, lbl in PASSES] + ["backward", "optimizer"]:
@@ -117,28 +123,31 @@ def profile(shape: str, n: int, repeats: int) -> None:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="24 utterances instead of 128")
+    p.add_argument("--quick", action="store_true", help="16 utterances instead of 128")
     p.add_argument("--utterances", type=int, default=0, help="override the number of utterances")
     p.add_argument("--shape", choices=sorted(SHAPES), default="paper",
                    help="benchmark model shape (common.SHAPES): small, or ComSL Medium's proportions")
     p.add_argument("--probe", choices=CONTENDERS, help=argparse.SUPPRESS)
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="auto",
+                   help="precision of every contender (auto: bf16 where the CPU has bf16 units, as training)")
     p.add_argument("--profile", type=int, default=0, metavar="REPEATS",
                    help="only print a per-pass CPU-time profile of ours / pad11 / pad11_b1 on 8 utterances")
     args = p.parse_args(argv)
-    n = args.utterances or (24 if args.quick else 128)
+    n = args.utterances or (16 if args.quick else 128)
     if args.probe:
-        probe_memory(args.probe, n, args.shape)
+        probe_memory(args.probe, n, args.shape, resolve_precision(args.precision, torch.device("cpu")))
         return {}
     if args.profile:
-        profile(args.shape, n, args.profile)
+        profile(args.shape, n, args.profile, resolve_precision(args.precision, torch.device("cpu")))
         return {}
 
     corpus = covost_like(n)
     kwargs = shape_kwargs(args.shape)
     vocab = kwargs["vocab"]
     base = bench_model(**kwargs)
-    trainers = {name: Trainer(base) for name in CONTENDERS}
+    precision = resolve_precision(args.precision, torch.device("cpu"))
+    trainers = {name: Trainer(base, precision) for name in CONTENDERS}
     work = {}
     for name in CONTENDERS:
         pad = PAD_FRAMES.get(name)
@@ -151,13 +160,13 @@ def main(argv=None) -> dict:
 
     audio = corpus.seconds.sum()
     print(f"{n} utterances ({audio:.0f} s of speech, mean {corpus.seconds.mean():.1f} s, max "
-          f"{corpus.seconds.max():.1f} s), full ComSL loss, shape {args.shape} {kwargs}, "
+          f"{corpus.seconds.max():.1f} s), full ComSL loss, {precision}, shape {args.shape} {kwargs}, "
           f"torch threads {torch.get_num_threads()}")
     memory = {}
     if not args.no_memory:
         for name in CONTENDERS:
             out = subprocess.run([sys.executable, __file__, "--probe", name, "--utterances", str(n),
-                                  "--shape", args.shape],
+                                  "--shape", args.shape, "--precision", precision],
                                  capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
             memory[name] = out
     print(f"{'contender':10s} {'batches':>8s} {'padded frames':>14s} {'wall s':>8s} {'utt/s':>8s} {'cpu s':>8s}"
