@@ -212,7 +212,10 @@ class TorchEngine(Engine):
                 device_ids=[self.device.index] if self.device.type == "cuda" else None)
         else:
             self.module = wrapper
-        self.optimizer = torch.optim.AdamW(param_groups, betas=tuple(optim.betas), eps=optim.eps)
+        # Fused: one kernel over all parameters instead of one launch per parameter and op (torch's CPU
+        # default), ~8% of a paper-shape step in the profile (BENCHMARKS.md).
+        self.optimizer = torch.optim.AdamW(param_groups, betas=tuple(optim.betas), eps=optim.eps,
+                                           fused=self.device.type in ("cpu", "cuda"))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self._part_params = {}
         for name, p in self.model.named_parameters():

@@ -84,7 +84,7 @@ def test_resolve_precision():
 def test_objectives_take_softmax_and_losses_in_float32_under_bf16(make_model, tokenizer, monkeypatch):
     from comsl.config import ObjectiveConfig
     from comsl.data.batching import pad_ids
-    from comsl.data.tokenizer import encode
+    from comsl.data.processor import encode
     from comsl.objectives import ComSLMultiTaskLoss
 
     seen = []
