@@ -12,6 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 sys.path.insert(0, str(BENCH))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shared training helpers
 
 from common import bench_model, comsl_loss, covost_like, make_batch  # noqa: E402
 from flops import comsl_step_flops  # noqa: E402
@@ -42,8 +43,10 @@ def test_counted_flops_match_torch_flop_counter(cfg):
 
 
 def test_gpu_check_runs_on_cpu_tiny(tmp_path):
+    from training.tiny_task import clean_env  # without the process-group variables an in-process run left
+
     proc = subprocess.run([sys.executable, str(BENCH / "gpu_check.py"), "--cpu", "--tiny", "--steps", "2",
-                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+                           "--out", str(tmp_path)], env=clean_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     last = dict(kv.split("=") for kv in proc.stdout.strip().splitlines()[-1].split())
     assert float(last["resume_rel_diff"]) == 0.0
