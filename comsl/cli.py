@@ -1,6 +1,6 @@
-"""The ``comsl`` command: ``prepare | train | evaluate | score | translate | convert``.
+"""The ``comsl`` command: ``prepare | train | tune-batches | evaluate | score | translate | convert``.
 
-Each subcommand lives in ``comsl/commands/<name>.py`` and exposes
+Each subcommand lives in ``comsl/commands/<name>.py`` (dashes as underscores) and exposes
 ``register(subparsers)``, which adds its parser and sets ``func`` to the function that runs it.
 """
 
@@ -14,7 +14,7 @@ import sys
 from comsl.errors import ComSLError
 
 # Subcommand -> module; order is the order shown in ``comsl --help``.
-COMMANDS = ("prepare", "train", "evaluate", "score", "translate", "convert")
+COMMANDS = ("prepare", "train", "tune-batches", "evaluate", "score", "translate", "convert")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
-        importlib.import_module(f"comsl.commands.{name}").register(sub)
+        importlib.import_module(f"comsl.commands.{name.replace('-', '_')}").register(sub)
     return parser
 
 

@@ -93,8 +93,9 @@ def estimate_buckets(frames: np.ndarray | None, tokens: np.ndarray, *, num_bucke
     """Bucket boxes ``(max_frames, max_tokens)`` in sorted order: ``num_buckets`` speech-length rows of
     similar total length, each cut into ``num_token_buckets`` token ranges holding similar numbers of
     items (2D buckets). Text-only (``frames`` None): rows along tokens, ``max_frames`` 0. At most
-    ``max_buckets`` boxes: fewer rows first, as the sampler packs each bucket in speech-length order
-    (rows still matter for per-bucket batch sizes)."""
+    ``max_buckets`` boxes, rows given up first: the sampler packs each bucket in speech-length order,
+    so token ranges cut padding more (rows matter for per-bucket batch sizes, which fit a bucket's
+    longest utterance)."""
     tokens = np.asarray(tokens, dtype=np.int64)
     if not len(tokens):
         return []

@@ -10,16 +10,8 @@ import pytest
 
 from comsl.cli import main
 
-ROOT = Path(__file__).resolve().parents[2]
-TINY = [
-    "model.speech_pretrained=null",
-    "model.speech_arch={d_model: 32, encoder_layers: 1, encoder_attention_heads: 2, encoder_ffn_dim: 64, "
-    "decoder_layers: 1, decoder_attention_heads: 2, decoder_ffn_dim: 64, num_mel_bins: 80, "
-    "max_source_positions: 550, vocab_size: 64, pad_token_id: 0, bos_token_id: 1, eos_token_id: 2, "
-    "decoder_start_token_id: 1}",
-    "model.text_arch={d_model: 32, encoder_layers: 2, decoder_layers: 1, encoder_attention_heads: 2, "
-    "decoder_attention_heads: 2, encoder_ffn_dim: 64, decoder_ffn_dim: 64, max_position_embeddings: 256}",
-]
+from .tiny_task import ROOT, TINY, build_corpus
+from .tiny_task import corpus_paths as paths
 
 # the paper's weights (whatever the tuned mini config says) plus the seed papers' CTC and matching
 ALL_PARTS = ("objectives={w_asr: 0.35, w_st: 0.35, w_mt: 0.2, w_cml: 0.1, w_erm: 0.1, lambda_st: 0.8, "
@@ -28,21 +20,7 @@ ALL_PARTS = ("objectives={w_asr: 0.35, w_st: 0.35, w_mt: 0.2, w_cml: 0.1, w_erm:
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("corpus")
-    from mini.corpus import main as build_mini_corpus  # the mini recipe's corpus (examples/covost2/mini)
-
-    assert build_mini_corpus(["--out", str(root / "cv"), "--langs", "fr,es", "--per-lang", "11", "--dev-per-lang", "2",
-                              "--test-per-lang", "1", "--tokenizer-vocab", "300"]) == 0
-    assert main(["prepare", "covost2", "--cv-root", str(root / "cv"), "--covost-root", str(root / "cv"),
-                 "--langs", "fr,es", "--out", str(root / "manifests")]) == 0
-    return root
-
-
-def paths(corpus, out):
-    m = corpus / "manifests"
-    return [f"model.tokenizer={corpus / 'cv' / 'tokenizer'}", f"data.train_manifest={m / 'train.tsv'}",
-            f"data.dev_manifest={m / 'dev.tsv'}", f"train.out_dir={out}", "data.dev_max_utterances=4",
-            "data.eval_max_new_tokens=8", "train.log_every=1"]
+    return build_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 def records(run: Path) -> list[dict]:

@@ -208,6 +208,43 @@ def clean_env() -> dict[str, str]:
     return env
 
 
+# --------------------------------------------------------------------------- the tiny CoVoST-layout corpus
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = [
+    "model.speech_pretrained=null",
+    "model.speech_arch={d_model: 32, encoder_layers: 1, encoder_attention_heads: 2, encoder_ffn_dim: 64, "
+    "decoder_layers: 1, decoder_attention_heads: 2, decoder_ffn_dim: 64, num_mel_bins: 80, "
+    "max_source_positions: 550, vocab_size: 64, pad_token_id: 0, bos_token_id: 1, eos_token_id: 2, "
+    "decoder_start_token_id: 1}",
+    "model.text_arch={d_model: 32, encoder_layers: 2, decoder_layers: 1, encoder_attention_heads: 2, "
+    "decoder_attention_heads: 2, encoder_ffn_dim: 64, decoder_ffn_dim: 64, max_position_embeddings: 256}",
+]
+"""Overrides that shrink configs/mini*_tiny.yaml to seconds-per-step models."""
+
+
+def build_corpus(root: Path, langs: str = "fr,es", per_lang: int = 11) -> Path:
+    """The mini recipe's corpus builder + ``comsl prepare covost2`` into ``root`` (``cv/``, ``manifests/``):
+    ``per_lang`` training clips, 2 dev and 1 test clip per language."""
+    from mini.corpus import main as build_mini_corpus  # the mini recipe's corpus (examples/covost2/mini)
+
+    from comsl.cli import main as comsl
+
+    assert build_mini_corpus(["--out", str(root / "cv"), "--langs", langs, "--per-lang", str(per_lang),
+                              "--dev-per-lang", "2", "--test-per-lang", "1", "--tokenizer-vocab", "300"]) == 0
+    assert comsl(["prepare", "covost2", "--cv-root", str(root / "cv"), "--covost-root", str(root / "cv"),
+                  "--langs", langs, "--out", str(root / "manifests")]) == 0
+    return root
+
+
+def corpus_paths(corpus: Path, out: Path) -> list[str]:
+    """Overrides pointing a mini config at ``corpus`` and ``out``, with short evaluations and a record per step."""
+    m = corpus / "manifests"
+    return [f"model.tokenizer={corpus / 'cv' / 'tokenizer'}", f"data.train_manifest={m / 'train.tsv'}",
+            f"data.dev_manifest={m / 'dev.tsv'}", f"train.out_dir={out}", "data.dev_max_utterances=4",
+            "data.eval_max_new_tokens=8", "train.log_every=1"]
+
+
 # --------------------------------------------------------------------------- helpers of the tests
 
 
