@@ -95,6 +95,10 @@ class ObjectiveConfig:
     w_erm: float = 0.1
     """Weight of encoder representation matching inside L_CML."""
 
+    erm_variant: Literal["mse", "reference"] = "mse"
+    """ERM distance: ``mse`` (paper), or ``reference`` (the reference code: per sentence, the sum of unsquared
+    L2 distances between L2-normalised states; it pairs it with w_erm=0.2)."""
+
     erm_layer: int = 4
     """Text-encoder layer whose hidden states ERM matches (1-based; clipped to the encoder depth)."""
 

@@ -23,6 +23,8 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
+from comsl.models.text_models import lm_logits
+
 # transformers' beam search marks impossible candidates by adding this; reproduced for identical ties
 _NEG = -1.0e9
 
@@ -45,15 +47,6 @@ def unsupported_settings(generation_config) -> list[str]:
         if value is not None and value != neutral and not (name == "min_length" and value == 0):
             names.append(name)
     return names
-
-
-def _logits(text_model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
-    """LM head of an mBART / M2M100 ``*ForConditionalGeneration``: (N, D) -> (N, V) float32."""
-    logits = text_model.lm_head(hidden)
-    bias = getattr(text_model, "final_logits_bias", None)  # mBART has one, M2M100 does not
-    if bias is not None:
-        logits = logits + bias
-    return logits.float()
 
 
 def _gather(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -128,7 +121,7 @@ def beam_search(
         if forced_eos_id is not None and cur_len == max_length - 1:
             forced = forced_eos_id
         if forced is None:
-            log_probs = nn.functional.log_softmax(_logits(text_model, hidden), dim=-1)
+            log_probs = nn.functional.log_softmax(lm_logits(text_model, hidden).float(), dim=-1)
         else:  # the forced token gets log-prob 0 and the LM head is not needed
             log_probs = torch.full((hidden.shape[0], text_model.config.vocab_size), -float("inf"), device=device)
             log_probs[:, forced] = 0

@@ -21,13 +21,14 @@ import torch
 from torch import nn
 from transformers import AutoConfig, PreTrainedConfig, PreTrainedModel
 from transformers.configuration_utils import SubConfigSpec
-from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
+from transformers.modeling_outputs import BaseModelOutput
 
 from comsl.languages import TARGET_CODE
 from comsl.models.beam_search import beam_search, unsupported_settings
 from comsl.models.length_adapter import LengthAdapter
+from comsl.models.encodings import Encodings, Plan, encode_batch
 from comsl.models.speech_encoders import SPEECH_ENCODERS, build_speech_encoder
-from comsl.models.text_models import build_text_model
+from comsl.models.text_models import build_text_model, decoder_start_id, lm_logits
 
 PARTS = ("speech_encoder", "adapter", "text_encoder", "text_decoder")
 
@@ -236,23 +237,13 @@ class ComSLModel(PreTrainedModel):
 
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """LM head (+ mBART's final logits bias) over decoder states (..., D) -> (..., V)."""
-        logits = self.text_model.lm_head(hidden)
-        bias = getattr(self.text_model, "final_logits_bias", None)
-        return logits + bias.to(logits.dtype) if bias is not None else logits
-
-    def decode(
-        self, decoder_input_ids: torch.Tensor, encoder_hidden: torch.Tensor, encoder_mask: torch.Tensor
-    ) -> torch.Tensor:
-        """Teacher-forced decoder: ids (B, L) over encoder states (B, S, D) -> logits (B, L, V)."""
-        return self.lm_logits(self.decode_hidden(decoder_input_ids, encoder_hidden, encoder_mask))
+        return lm_logits(self.text_model, hidden)
 
     def teacher_forcing(self, target_ids: torch.Tensor, target_mask: torch.Tensor
                         ) -> tuple[torch.Tensor, torch.Tensor]:
         """``[lang, y.., </s>, pad..]`` (B, L) -> decoder inputs ``[</s>, lang, y..]`` and labels
         ``[-100, y.., </s>, -100..]``: the forced language token and padding are not scored."""
-        start = self.config.text_config.decoder_start_token_id
-        if start is None:
-            start = self.config.text_config.eos_token_id
+        start = decoder_start_id(self.config.text_config)
         dec_in = torch.cat([target_ids.new_full((target_ids.shape[0], 1), start), target_ids[:, :-1]], dim=1)
         labels = target_ids.masked_fill(target_mask == 0, -100)
         labels[:, 0] = -100
@@ -260,39 +251,16 @@ class ComSLModel(PreTrainedModel):
 
     # ------------------------------------------------------------------ forward / generate
 
-    def forward(
-        self,
-        speech: torch.Tensor | None = None,
-        speech_mask: torch.Tensor | None = None,
-        src_lang_ids: torch.Tensor | None = None,
-        input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        target_ids: torch.Tensor | None = None,
-        target_mask: torch.Tensor | None = None,
-    ) -> Seq2SeqLMOutput:
-        """One task pass: speech (with ``src_lang_ids``) or text ``input_ids`` -> logits over
-        ``target_ids`` (teacher forcing), with the mean token cross-entropy as ``loss``.
-
-        Raises ValueError unless exactly one of speech / input_ids is given.
-        """
-        if (speech is None) == (input_ids is None):
-            raise ValueError("pass exactly one of speech (with speech_mask, src_lang_ids) or input_ids")
-        if speech is not None:
-            embeds, mask = self.speech_inputs_embeds(self.encode_speech(speech, speech_mask), src_lang_ids)
-            enc = self.encode_embeds(embeds, mask)
-        else:
-            mask = attention_mask
-            enc = self.encode_text(input_ids, mask)
-        dec_in, labels = self.teacher_forcing(target_ids, target_mask)
-        logits = self.decode(dec_in, enc.last_hidden_state, mask)
-        loss = nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
-        return Seq2SeqLMOutput(loss=loss, logits=logits, encoder_last_hidden_state=enc.last_hidden_state)
+    def forward(self, batch: dict, plan: Plan) -> Encodings:
+        """The training forward: the passes ``plan`` asks for over ``batch`` (see ``comsl.models.encodings``)
+        -> decoder states before the LM head, labels, ERM states, CTC logits, matching scores."""
+        return encode_batch(self, batch, plan)
 
     def _generate(self, encoder_hidden, encoder_mask, tgt_lang_id: int, num_beams: int,
                   max_new_tokens: int, length_penalty: float, use_hf_generate: bool = False,
                   **kwargs) -> torch.Tensor:
         tc = self.config.text_config
-        start = tc.decoder_start_token_id if tc.decoder_start_token_id is not None else tc.eos_token_id
+        start = decoder_start_id(tc)
         gen_cfg = self.text_model.generation_config
         # comsl's beam search (same tokens, faster) unless asked for, or settings it does not reproduce
         if not use_hf_generate and not kwargs and not unsupported_settings(gen_cfg):

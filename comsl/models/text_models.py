@@ -35,3 +35,17 @@ def build_text_model(family: str, config: PreTrainedConfig) -> PreTrainedModel:
     if not isinstance(config, config_cls):
         raise ValueError(f"text model {family!r} needs a {config_cls.__name__}, got {type(config).__name__}")
     return model_cls(config)
+
+
+def lm_logits(text_model: PreTrainedModel, hidden):
+    """LM head (+ mBART's ``final_logits_bias``; M2M100/NLLB have none) over decoder states (..., D) ->
+    logits (..., V). Called as a module, so ZeRO-3 gathers the head's weight."""
+    logits = text_model.lm_head(hidden)
+    bias = getattr(text_model, "final_logits_bias", None)
+    return logits + bias.to(logits.dtype) if bias is not None else logits
+
+
+def decoder_start_id(config: PreTrainedConfig) -> int:
+    """The decoder's first input token: ``decoder_start_token_id``, else ``</s>`` (mBART's convention)."""
+    start = config.decoder_start_token_id
+    return start if start is not None else config.eos_token_id

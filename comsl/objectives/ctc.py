@@ -11,22 +11,14 @@ import torch
 from torch.nn import functional as F
 
 
-class CTCObjective:
-    """Mean-over-batch CTC loss, normalised by target length (``reduction='mean'``)."""
+def ctc_loss(logits: torch.Tensor, frame_mask: torch.Tensor, transcript_ids: torch.Tensor,
+             transcript_mask: torch.Tensor, *, blank_id: int, eos_token_id: int) -> torch.Tensor:
+    """Mean-over-batch CTC loss, normalised by target length (``reduction='mean'``).
 
-    name = "ctc"
-
-    def __init__(self, blank_id: int, eos_token_id: int):
-        self.blank_id = blank_id
-        self.eos_token_id = eos_token_id
-
-    def __call__(self, logits: torch.Tensor, frame_mask: torch.Tensor, transcript_ids: torch.Tensor,
-                 transcript_mask: torch.Tensor) -> torch.Tensor:
-        """logits (B, T, V) per speech frame, frame_mask (B, T); transcript ``[lang, x.., </s>]`` (B, L)."""
-        keep = (transcript_mask == 1) & (transcript_ids != self.eos_token_id)
-        keep[:, 0] = False
-        target_lengths = keep.sum(1)
-        targets = transcript_ids[keep]  # concatenated targets
-        log_probs = F.log_softmax(logits.float(), dim=-1).transpose(0, 1)  # (T, B, V)
-        return F.ctc_loss(log_probs, targets, frame_mask.sum(1), target_lengths, blank=self.blank_id,
-                          reduction="mean", zero_infinity=True)
+    logits (B, T, V) per speech frame, frame_mask (B, T); transcript ``[lang, x.., </s>]`` (B, L).
+    """
+    keep = (transcript_mask == 1) & (transcript_ids != eos_token_id)
+    keep[:, 0] = False
+    log_probs = F.log_softmax(logits.float(), dim=-1).transpose(0, 1)  # (T, B, V)
+    return F.ctc_loss(log_probs, transcript_ids[keep], frame_mask.sum(1), keep.sum(1), blank=blank_id,
+                      reduction="mean", zero_infinity=True)

@@ -31,7 +31,7 @@ from comsl.training.precision import DTYPES, autocast, resolve_precision
 
 log = logging.getLogger(__name__)
 
-LossFn = Callable[[nn.Module, dict, int], "tuple[torch.Tensor, dict[str, torch.Tensor]]"]
+LossFn = Callable[[nn.Module, dict], "tuple[torch.Tensor, dict[str, torch.Tensor]]"]
 
 DEEPSPEED_TAG = "deepspeed"
 """Sub-directory of a checkpoint holding DeepSpeed's own files."""
@@ -91,7 +91,7 @@ def to_device(batch: Any, device: torch.device, float_dtype: torch.dtype | None 
 
 
 class LossModule(nn.Module):
-    """``forward(batch, step) = loss_fn(model, batch, step)``: the unit DDP / DeepSpeed wrap.
+    """``forward(batch) = loss_fn(model, batch)``: the unit DDP / DeepSpeed wrap.
 
     ``loss_fn`` is kept out of the module tree so a frozen teacher it may hold is neither partitioned
     by ZeRO nor cast by DeepSpeed's mixed precision, nor checkpointed with the student.
@@ -102,8 +102,8 @@ class LossModule(nn.Module):
         self.model = model
         object.__setattr__(self, "_loss_fn", loss_fn)
 
-    def forward(self, batch: dict, step: int):
-        return self._loss_fn(self.model, batch, step)
+    def forward(self, batch: dict):
+        return self._loss_fn(self.model, batch)
 
 
 def param_shapes(model: nn.Module) -> dict[str, list[int]]:
@@ -178,7 +178,7 @@ class Engine:
 
     # ---- to be provided by engines
     def prepare(self, batch: Any) -> Any: ...
-    def forward(self, batch: Any, step: int, last_micro: bool): ...
+    def forward(self, batch: Any, last_micro: bool): ...
     def backward(self, loss: torch.Tensor) -> None: ...
     def discard(self) -> None: ...
     def step(self, frozen_parts: set[str] | None = None) -> None: ...
@@ -225,13 +225,13 @@ class TorchEngine(Engine):
     def prepare(self, batch):
         return to_device(batch, self.device)
 
-    def forward(self, batch, step, last_micro):
+    def forward(self, batch, last_micro):
         self._sync_ctx = contextlib.ExitStack()
         if self.distributed and not last_micro:
             # Gradients are all-reduced once per optimizer step, on the last micro-batch.
             self._sync_ctx.enter_context(self.module.no_sync())
         with self.autocast():
-            return self.module(batch, step)
+            return self.module(batch)
 
     def backward(self, loss):
         # Average over micro-batches so the step sees the mean gradient.
@@ -369,11 +369,11 @@ class DeepSpeedEngine(Engine):
         # DeepSpeed casts the module to 16 bit; float inputs must follow.
         return to_device(batch, self.device, self.float_dtype)
 
-    def forward(self, batch, step, last_micro):
+    def forward(self, batch, last_micro):
         # DeepSpeed has cast the student to 16 bit; autocast also puts the frozen teacher (kept outside
         # DeepSpeed's module) on 16-bit matmuls and keeps autocast's float32 ops (losses) in float32.
         with self.autocast():
-            return self.ds(batch, step)
+            return self.ds(batch)
 
     def backward(self, loss):
         self.ds.backward(loss)
@@ -382,9 +382,9 @@ class DeepSpeedEngine(Engine):
     def discard(self):
         pass
 
-    def backward_zero(self, batch, step):
+    def backward_zero(self, batch):
         """Stand-in for a dropped non-finite micro-batch after the first: zero gradient contribution."""
-        total, _ = self.forward(batch, step, last_micro=True)
+        total, _ = self.forward(batch, last_micro=True)
         self.ds.backward(total * 0.0)
         self.ds.step()
 

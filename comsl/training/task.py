@@ -7,9 +7,9 @@ Contract the pieces must satisfy (the trainer relies on nothing else):
   text_encoder / text_decoder / other) for per-part LRs and freezing; ``set_trainable(part, bool)``
   for the static ``*_trainable`` switches; ``set_speech_frozen(bool)`` to run the speech blocks
   without gradient while frozen; ``save_pretrained(dir)`` for exports.
-- ``loss_fn(model, batch, step) -> (total, parts)``: ``total`` a scalar tensor, ``parts`` a dict of
-  scalar tensors logged as ``loss/<name>``. ``step`` is the 0-based index of the optimizer update.
-  It may be an ``nn.Module`` (e.g. holding the frozen teacher): the engine moves it to the device.
+- ``loss_fn(model, batch) -> (total, parts)``: ``total`` a scalar tensor, ``parts`` a dict of
+  scalar tensors logged as ``loss/<name>``. When it has a ``to(device)`` method (the ComSL loss moves
+  its frozen teacher with it) the engine calls it.
 - ``dataset[i]`` -> one example; ``collate_fn(list_of_examples) -> batch`` (dict of tensors/lists).
 - ``sampler``: iterable of index lists (one list per micro-batch, already sharded for this rank);
   after ``set_epoch(e)`` with a new ``e`` a full iteration yields epoch ``e`` from its start, in an
@@ -52,7 +52,7 @@ class TrainTask:
     """The model being trained (on CPU; the engine moves it)."""
 
     loss_fn: Callable
-    """``loss_fn(model, batch, step) -> (total, parts)``."""
+    """``loss_fn(model, batch) -> (total, parts)``."""
 
     dataset: Sequence
     """Training examples, indexed by the sampler."""

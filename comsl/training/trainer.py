@@ -485,13 +485,13 @@ class Trainer:
         n = len(micro)
         finite_micro = 0
         for k, batch in enumerate(micro):
-            total, parts = e.forward(batch, self.step, last_micro=k == n - 1)
+            total, parts = e.forward(batch, last_micro=k == n - 1)
             bad = e.any_rank(not bool(torch.isfinite(total.detach()).all()))
             if bad:
                 if k == 0 or e.can_discard_accumulated:
                     e.discard()
                     return None
-                e.backward_zero(micro[0], self.step)
+                e.backward_zero(micro[0])
                 continue
             e.backward(total)
             finite_micro += 1

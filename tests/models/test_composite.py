@@ -6,51 +6,20 @@ import pytest
 import torch
 
 from comsl.models import ComSLModel
+from comsl.models.encodings import Plan
+from tests.helpers import LENGTHS, speech_batch, speech_input, task_loss, text_batch
 
 PAIRS = [(s, t) for s in ("whisper", "wav2vec2", "hubert", "w2v_bert") for t in ("mbart", "m2m100", "nllb")]
-
-
-def speech_input(kind: str, lengths: list[int], seed: int = 0):
-    """Random speech of the front end ``kind`` needs, zero-padded, with its mask."""
-    g = torch.Generator().manual_seed(seed)
-    width = max(lengths)
-    shape = {"whisper": (len(lengths), 80, width), "w2v_bert": (len(lengths), width, 160)}.get(
-        kind, (len(lengths), width))
-    x = torch.randn(shape, generator=g)
-    mask = (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).long()
-    if kind == "whisper":
-        x = x * mask[:, None, :]
-    elif kind == "w2v_bert":
-        x = x * mask[..., None]
-    else:
-        x = x * mask
-    return x, mask
-
-
-LENGTHS = {"whisper": [230, 97], "w2v_bert": [70, 33], "wav2vec2": [9000, 4100], "hubert": [9000, 4100]}
-
-
-def text_batch(tokenizer):
-    from comsl.data.batching import pad_ids
-    from comsl.data.processor import encode
-
-    tr, tr_mask = pad_ids([encode(tokenizer, "le chat est assis", "fr"),
-                           encode(tokenizer, "der Hund", "de")], tokenizer.pad_token_id)
-    tg, tg_mask = pad_ids([encode(tokenizer, "the cat sat", "en"),
-                           encode(tokenizer, "the dog sleeps in the garden", "en")], tokenizer.pad_token_id)
-    src = torch.tensor([tr[0, 0], tr[1, 0]])
-    return tr, tr_mask, tg, tg_mask, src
 
 
 @pytest.mark.parametrize("speech,text", PAIRS)
 def test_every_backbone_pair_trains_and_round_trips(speech, text, make_model, tokenizer, tmp_path):
     model = make_model(speech, text)
-    x, mask = speech_input(speech, LENGTHS[speech])
-    _, _, tg, tg_mask, src = text_batch(tokenizer)
+    batch = speech_batch(tokenizer, *speech_input(speech, LENGTHS[speech]))
     model.train()
-    out = model(speech=x, speech_mask=mask, src_lang_ids=src, target_ids=tg, target_mask=tg_mask)
-    out.loss.backward()
-    assert torch.isfinite(out.loss)
+    loss = task_loss(tokenizer)(model, batch)
+    loss.backward()
+    assert torch.isfinite(loss)
     grads = [p.grad for n, p in model.named_parameters() if n.startswith("adapter.")]
     assert all(g is not None and g.abs().sum() > 0 for g in grads)
 
@@ -59,8 +28,8 @@ def test_every_backbone_pair_trains_and_round_trips(speech, text, make_model, to
     loaded = ComSLModel.from_pretrained(tmp_path).eval()
     assert loaded.tokenizer is not None and len(loaded.tokenizer) == len(tokenizer)
     with torch.no_grad():
-        a = model(speech=x, speech_mask=mask, src_lang_ids=src, target_ids=tg, target_mask=tg_mask).logits
-        b = loaded(speech=x, speech_mask=mask, src_lang_ids=src, target_ids=tg, target_mask=tg_mask).logits
+        a = model(batch, Plan(st=True)).states["st"]
+        b = loaded(batch, Plan(st=True)).states["st"]
     assert torch.equal(a, b)
 
 
@@ -94,9 +63,7 @@ def test_frozen_parts_get_no_gradient(make_model, tokenizer):
     model = make_model().train()
     model.set_trainable("speech_encoder", False)
     model.set_trainable("text_encoder", False)
-    x, mask = speech_input("whisper", LENGTHS["whisper"])
-    _, _, tg, tg_mask, src = text_batch(tokenizer)
-    model(speech=x, speech_mask=mask, src_lang_ids=src, target_ids=tg, target_mask=tg_mask).loss.backward()
+    task_loss(tokenizer)(model, speech_batch(tokenizer, *speech_input("whisper", LENGTHS["whisper"]))).backward()
     for name, p in model.named_parameters():
         part = model.part_of(name)
         if part == "speech_encoder" or (part == "text_encoder" and "shared" not in name):
@@ -110,36 +77,38 @@ def test_frozen_parts_get_no_gradient(make_model, tokenizer):
 def test_speech_frozen_switch_skips_speech_backward(make_model, tokenizer):
     model = make_model().train()
     model.set_speech_frozen(True)
-    x, mask = speech_input("whisper", LENGTHS["whisper"])
-    _, _, tg, tg_mask, src = text_batch(tokenizer)
-    model(speech=x, speech_mask=mask, src_lang_ids=src, target_ids=tg, target_mask=tg_mask).loss.backward()
+    task_loss(tokenizer)(model, speech_batch(tokenizer, *speech_input("whisper", LENGTHS["whisper"]))).backward()
     assert all(p.grad is None for p in model.speech_encoder.parameters())
     assert all(p.grad is not None for p in model.adapter.parameters())
 
 
-def test_golden_fixed_init_forward(make_model, tokenizer):
-    """Pins the fixed-seed forward so a silent change in the model fails loudly."""
-    model = make_model(seed=0)
-    x, mask = speech_input("whisper", [230, 97], seed=1)
-    _, _, tg, tg_mask, src = text_batch(tokenizer)
+@pytest.mark.parametrize("text", ["mbart", "m2m100"])
+def test_task_losses_equal_transformers_own_forward(text, make_model, tokenizer):
+    """ST, ASR and MT losses of the training forward (batched decodes, chunked LM head + cross-entropy)
+    equal transformers' ``*ForConditionalGeneration`` forward with ``labels`` on the same encoder input."""
+    model = make_model("whisper", text)
+    batch = speech_batch(tokenizer, *speech_input("whisper", [230, 97], seed=1))
     with torch.no_grad():
-        out = model(speech=x, speech_mask=mask, src_lang_ids=src, target_ids=tg, target_mask=tg_mask)
-    assert out.logits.shape == (2, tg.shape[1], len(tokenizer))
-    assert float(out.loss) == pytest.approx(GOLDEN_LOSS, abs=1e-4)
-
-
-GOLDEN_LOSS = 4.815921
+        embeds, mask = model.speech_inputs_embeds(model.encode_speech(batch["speech"], batch["speech_mask"]),
+                                                  batch["src_lang_ids"])
+        for task, target, source in (("st", "translation", None), ("asr", "transcript", None),
+                                     ("mt", "translation", "transcript")):
+            dec_in, labels = model.teacher_forcing(batch[f"{target}_ids"], batch[f"{target}_mask"])
+            inputs = (dict(input_ids=batch[f"{source}_ids"], attention_mask=batch[f"{source}_mask"]) if source
+                      else dict(inputs_embeds=embeds, attention_mask=mask))
+            want = model.text_model(**inputs, decoder_input_ids=dec_in, labels=labels).loss
+            got = task_loss(tokenizer, task)(model, batch if source is None else
+                                             {k: v for k, v in batch.items() if not k.startswith("speech")})
+            assert float(got) == pytest.approx(float(want), rel=1e-6), task
 
 
 def test_text_input_mt_path(make_model, tokenizer):
     model = make_model()
     tr, tr_mask, tg, tg_mask, _ = text_batch(tokenizer)
-    out = model(input_ids=tr, attention_mask=tr_mask, target_ids=tg, target_mask=tg_mask)
-    assert torch.isfinite(out.loss)
+    batch = dict(transcript_ids=tr, transcript_mask=tr_mask, translation_ids=tg, translation_mask=tg_mask)
+    assert torch.isfinite(task_loss(tokenizer, "mt")(model, batch))
     ids = model.generate_text(tr, tr_mask, tokenizer.convert_tokens_to_ids("en_XX"), num_beams=3, max_new_tokens=6)
     assert ids.shape[0] == 2 and ids.shape[1] <= 8
-    with pytest.raises(ValueError, match="exactly one"):
-        model(target_ids=tg, target_mask=tg_mask)
 
 
 def test_too_long_speech_is_refused(make_model):

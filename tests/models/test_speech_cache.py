@@ -9,7 +9,7 @@ import torch
 from comsl.config import ExperimentConfig, from_dict
 from comsl.errors import ConfigError
 from comsl.models.speech_cache import cache_speech_encoder
-from tests.models.test_composite import LENGTHS, speech_input, text_batch
+from tests.helpers import LENGTHS, speech_batch, speech_input, task_loss
 
 
 def test_cached_encoding_equals_fresh_and_counts_passes(make_model):
@@ -37,15 +37,15 @@ def test_cached_encoding_equals_fresh_and_counts_passes(make_model):
 
 def test_frozen_training_loss_and_beam_unchanged(make_model, tokenizer):
     x, mask = speech_input("whisper", LENGTHS["whisper"], seed=4)
-    _, _, tg, tg_mask, src = text_batch(tokenizer)
+    batch, loss = speech_batch(tokenizer, x, mask), task_loss(tokenizer)
+    src = batch["src_lang_ids"]
     results = []
     for cached in (False, True):
         model = make_model("whisper").train()
         model.set_speech_frozen(True)
         if cached:
             cache_speech_encoder(model)
-        losses = [model(speech=x, speech_mask=mask, src_lang_ids=src, target_ids=tg, target_mask=tg_mask).loss
-                  for _ in range(2)]
+        losses = [loss(model, batch) for _ in range(2)]
         losses[-1].backward()
         assert all(p.grad is None for p in model.speech_encoder.parameters())
         assert all(p.grad is not None for p in model.adapter.parameters())
@@ -60,9 +60,7 @@ def test_frozen_training_loss_and_beam_unchanged(make_model, tokenizer):
 def test_not_used_while_speech_blocks_train(make_model, tokenizer):
     model = make_model("whisper").train()
     cache = cache_speech_encoder(model)
-    x, mask = speech_input("whisper", LENGTHS["whisper"])
-    _, _, tg, tg_mask, src = text_batch(tokenizer)
-    model(speech=x, speech_mask=mask, src_lang_ids=src, target_ids=tg, target_mask=tg_mask).loss.backward()
+    task_loss(tokenizer)(model, speech_batch(tokenizer, *speech_input("whisper", LENGTHS["whisper"]))).backward()
     assert cache.hits == cache.misses == 0
     assert all(p.grad is not None for p in model.speech_encoder.encoder.layers.parameters())
     assert cache_speech_encoder(model) is cache  # installing twice keeps the one cache

@@ -7,12 +7,22 @@ import math
 import pytest
 import torch
 
-from comsl.objectives.cml import (ERMObjective, MTPObjective, combine_cml, mask_transcript, mtp_labels, pack_pair,
-                                 unpack_pair)
-from comsl.objectives.cross_entropy import mixed_cross_entropy
-from comsl.objectives.ctc import CTCObjective
-from comsl.objectives.matching import MatchingObjective, mismatched_order
-from comsl.objectives.st_ddm import STDDMObjective
+from comsl.models.cml_inputs import mask_transcript, pack_pair, unpack_pair
+from comsl.objectives import cross_entropy
+from comsl.objectives.cml import combine_cml, erm_mse, erm_reference
+from comsl.objectives.cross_entropy import head_cross_entropy
+from comsl.objectives.ctc import ctc_loss
+from comsl.objectives.matching import matching_loss
+
+
+def identity(x):
+    """An LM head whose logits are its input: the formulas below take logits directly."""
+    return x
+
+
+def mixed_cross_entropy(logits, labels, soft_logits=None, lam=0.0, label_smoothing=0.0):
+    return head_cross_entropy(logits, labels, identity, soft_hidden=soft_logits, lam=lam,
+                              label_smoothing=label_smoothing)
 
 
 def _direct(logits, labels, soft, lam):
@@ -50,15 +60,15 @@ def test_ddm_endpoints(tensors):
     logits, teacher, labels = tensors
     valid = labels != -100
     plain = torch.nn.functional.cross_entropy(logits[valid], labels[valid])
-    assert float(STDDMObjective(0.0)(logits, labels, teacher)) == pytest.approx(float(plain), rel=1e-6)
+    assert float(mixed_cross_entropy(logits, labels, teacher, 0.0)) == pytest.approx(float(plain), rel=1e-6)
     q = torch.softmax(teacher[valid], -1)
     soft_only = -(q * torch.log_softmax(logits[valid], -1)).sum(-1).mean()
-    assert float(STDDMObjective(1.0)(logits, labels, teacher)) == pytest.approx(float(soft_only), rel=1e-6)
+    assert float(mixed_cross_entropy(logits, labels, teacher, 1.0)) == pytest.approx(float(soft_only), rel=1e-6)
 
 
 def test_no_gradient_reaches_the_teacher(tensors):
     logits, teacher, labels = tensors
-    STDDMObjective(0.8)(logits, labels, teacher).backward()
+    mixed_cross_entropy(logits, labels, teacher, 0.8).backward()
     assert teacher.grad is None
     assert logits.grad is not None and logits.grad[labels != -100].abs().sum() > 0
     # unscored positions get no gradient
@@ -79,8 +89,11 @@ def test_mask_never_covers_pad_eos_or_language():
         seen |= masked
     # every ordinary token is masked sometimes
     assert seen[0, 1:5].all() and seen[1, 1:7].all()
-    rate = torch.stack([mask_transcript(ids, mask, 0.15, 99, 2)[1][:, 1:5].float().mean() for _ in range(400)])
-    assert float(rate.mean()) == pytest.approx(0.15, abs=0.03)
+    # on long sentences (where one forced mask hardly matters) the rate is mask_prob
+    long_ids = torch.cat([torch.tensor([[250004]]), torch.arange(10, 90)[None], torch.tensor([[2]])], 1)
+    rate = torch.stack([mask_transcript(long_ids, torch.ones_like(long_ids), 0.15, 99, 2)[1][:, 1:-1].float().mean()
+                        for _ in range(200)])
+    assert float(rate.mean()) == pytest.approx(0.15, abs=0.01)
 
 
 def test_mtp_scores_only_masked_positions():
@@ -89,19 +102,44 @@ def test_mtp_scores_only_masked_positions():
     ids = torch.tensor([[7, 3, 4, 5, 2]])
     masked = torch.tensor([[False, False, True, False, False]])
     expected = -torch.log_softmax(logits[0, 2], -1)[4]
-    assert float(MTPObjective()(logits, mtp_labels(ids, masked))) == pytest.approx(float(expected), rel=1e-6)
+    labels = ids.masked_fill(~masked, -100)  # as the training forward builds MTP labels
+    assert float(mixed_cross_entropy(logits, labels)) == pytest.approx(float(expected), rel=1e-6)
     changed = logits.clone()
     changed[0, [0, 1, 3, 4]] += 5 * torch.randn(4, 9, generator=g)
-    assert float(MTPObjective()(changed, mtp_labels(ids, masked))) == pytest.approx(float(expected), rel=1e-6)
+    assert float(mixed_cross_entropy(changed, labels)) == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_a_sentence_drawing_no_mask_gets_one():
+    ids = torch.tensor([[250004, 10, 11, 12, 2, 1], [250005, 20, 2, 1, 1, 1], [250005, 2, 1, 1, 1, 1]])
+    mask = (ids != 1).long()
+    for seed in range(20):
+        torch.manual_seed(seed)
+        masked_ids, masked = mask_transcript(ids, mask, 0.0, mask_token_id=99, eos_token_id=2)
+        # p = 0 draws nothing: each sentence with a maskable token gets exactly one; [lang, </s>] none
+        assert masked.sum(1).tolist() == [1, 1, 0]
+        assert masked[1, 1] and masked[0, 1:4].any() and masked_ids[masked].eq(99).all()
+    torch.manual_seed(0)
+    _, often = mask_transcript(ids, mask, 0.9, mask_token_id=99, eos_token_id=2)
+    assert often[0].sum() >= 2 or often[0, 1:4].all()  # the rule adds nothing to rows that drew a mask
 
 
 def test_erm_zero_for_identical_and_mse_otherwise():
     x = torch.randn(2, 3, 4)
     mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
-    assert float(ERMObjective()(x, x.clone(), mask)) == 0.0
+    assert float(erm_mse(x, x.clone(), mask)) == 0.0
     y = x + 2.0
     y[1, 2] += 100  # a padded position does not count
-    assert float(ERMObjective()(x, y, mask)) == pytest.approx(4.0)
+    assert float(erm_mse(x, y, mask)) == pytest.approx(4.0)
+
+
+def test_erm_reference_variant_hand_derived():
+    """Sum over real positions of |a/|a| - b/|b||, averaged over the batch: orthogonal unit states are
+    sqrt(2) apart, opposite ones 2, parallel ones (any length) 0."""
+    a = torch.tensor([[[1.0, 0.0], [0.0, 3.0], [5.0, 5.0]], [[2.0, 0.0], [1.0, 1.0], [7.0, 0.0]]])
+    b = torch.tensor([[[0.0, 2.0], [0.0, -1.0], [1.0, 1.0]], [[4.0, 0.0], [1.0, 1.0], [0.0, 9.0]]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])  # the last pair of row 2 is padding
+    assert float(erm_reference(a, b, mask)) == pytest.approx((math.sqrt(2) + 2 + 0 + 0 + 0) / 2, rel=1e-6)
+    assert float(erm_mse(a[:1, :1], b[:1, :1], mask[:1, :1])) == pytest.approx((1 + 4) / 2)
 
 
 def test_cml_combination():
@@ -114,7 +152,7 @@ def test_pack_and_unpack_pair_are_inverse():
     a_mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
     b = -torch.arange(2 * 2 * 1, dtype=torch.float).view(2, 2, 1) - 1
     b_mask = torch.tensor([[1, 0], [1, 1]])
-    packed, mask, _ = pack_pair(a * a_mask[..., None], a_mask, b * b_mask[..., None], b_mask)
+    packed, mask = pack_pair(a * a_mask[..., None], a_mask, b * b_mask[..., None], b_mask)
     assert packed[..., 0].tolist() == [[1, 2, 3, -1], [4, -3, -4, 0]]
     assert mask.tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]]
     za, zb = unpack_pair(packed, a_mask, b_mask)
@@ -125,7 +163,9 @@ def test_ctc_hand_checkable():
     # one frame per target token, near-certain logits: loss ~ 0; uniform logits: T*log(V) - log(#paths)
     ids = torch.tensor([[9, 3, 4, 2]])  # [lang, 3, 4, </s>]
     tmask = torch.ones_like(ids)
-    ctc = CTCObjective(blank_id=0, eos_token_id=2)
+    def ctc(logits, frames, ids, tmask):
+        return ctc_loss(logits, frames, ids, tmask, blank_id=0, eos_token_id=2)
+
     sure = torch.full((1, 2, 5), -30.0)
     sure[0, 0, 3] = sure[0, 1, 4] = 30.0
     assert float(ctc(sure, torch.ones(1, 2, dtype=torch.long), ids, tmask)) < 1e-6
@@ -135,7 +175,42 @@ def test_ctc_hand_checkable():
 
 
 def test_matching_hand_checkable():
-    m = MatchingObjective()
-    assert float(m(torch.tensor([0.0, 0.0]), torch.tensor([1, 0]))) == pytest.approx(math.log(2))
-    assert float(m(torch.tensor([20.0, -20.0]), torch.tensor([1, 0]))) < 1e-6
-    assert mismatched_order(3, torch.device("cpu")).tolist() == [1, 2, 0]
+    # scores of the paired rows first, then the mismatched ones
+    assert float(matching_loss(torch.tensor([0.0, 0.0]))) == pytest.approx(math.log(2))
+    assert float(matching_loss(torch.tensor([20.0, 20.0, -20.0, -20.0]))) < 1e-6
+    assert float(matching_loss(torch.tensor([-20.0, 20.0]))) == pytest.approx(20.0, rel=1e-6)
+
+
+def _unfused(hidden, weight, bias, labels, soft_hidden, soft_weight, lam, ls):
+    """The whole (N, V) logits at once, as before chunking: the reference of the chunked loss."""
+    valid = labels != -100
+    logp = torch.log_softmax((hidden[valid] @ weight.T + bias).float(), -1)
+    hard = torch.nn.functional.nll_loss(logp, labels[valid], reduction="none")
+    hard = (1 - ls) * hard - ls * logp.mean(-1)
+    q = torch.softmax((soft_hidden[valid] @ soft_weight.T).float(), -1).detach()
+    return ((1 - lam) * hard - lam * (q * logp).sum(-1)).mean()
+
+
+@pytest.mark.parametrize("lam,ls", [(0.0, 0.0), (0.8, 0.0), (0.2, 0.1)])
+def test_chunked_head_cross_entropy_equals_unfused_in_value_and_gradient(monkeypatch, lam, ls):
+    g = torch.Generator().manual_seed(0)
+    n, d, v = 23, 8, 50
+    hidden = torch.randn(n, d, generator=g, requires_grad=True)
+    weight = torch.randn(v, d, generator=g, requires_grad=True)
+    bias = torch.randn(v, generator=g)
+    soft_hidden, soft_weight = torch.randn(n, d, generator=g), torch.randn(v, d, generator=g)
+    labels = torch.randint(0, v, (n,), generator=g)
+    labels[::4] = -100
+    monkeypatch.setattr(cross_entropy, "LOGITS_PER_CHUNK", 3 * v)  # 3 tokens per chunk: 6 chunks
+    chunks = []
+    monkeypatch.setattr(cross_entropy, "_chunk_loss",
+                        lambda h, *a, _f=cross_entropy._chunk_loss: chunks.append(h.shape[0]) or _f(h, *a))
+    got = head_cross_entropy(hidden, labels, lambda h: h @ weight.T + bias, soft_hidden=soft_hidden,
+                             soft_head=lambda h: h @ soft_weight.T, lam=lam, label_smoothing=ls)
+    got_grads = torch.autograd.grad(got, (hidden, weight))
+    want = _unfused(hidden, weight, bias, labels, soft_hidden, soft_weight, lam, ls)
+    want_grads = torch.autograd.grad(want, (hidden, weight))
+    assert max(chunks) == 3 and sum(chunks[:6]) == int((labels != -100).sum())
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for a, b in zip(got_grads, want_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

@@ -10,6 +10,7 @@ from comsl.config import ModelConfig
 from comsl.errors import CheckpointError, ConfigError
 from comsl.models.build import build_model
 from mini.whisper_text import ENCODER_POSITION_SCALE, main, whisper_to_mbart
+from tests.helpers import task_loss
 
 from .conftest import LETTERS, TOKEN_ID
 
@@ -90,9 +91,10 @@ def test_composite_with_subsampling_adapter(tiny_hf, tokenizer, converted):
     # and it trains: one step of ST loss on random features runs and is finite
     speech = torch.randn(1, 80 if model.config.num_mel_bins is None else model.config.num_mel_bins, 200)
     tgt = torch.tensor([[tokenizer.convert_tokens_to_ids("en_XX"), 10, 11, tokenizer.eos_token_id]])
-    loss = model(speech=speech, speech_mask=torch.ones(1, 200, dtype=torch.long),
-                 src_lang_ids=torch.tensor([tokenizer.convert_tokens_to_ids("fr_XX")]),
-                 target_ids=tgt, target_mask=torch.ones_like(tgt)).loss
+    batch = dict(speech=speech, speech_mask=torch.ones(1, 200, dtype=torch.long),
+                 src_lang_ids=torch.tensor([tokenizer.convert_tokens_to_ids("fr_XX")]), transcript_ids=tgt,
+                 transcript_mask=torch.ones_like(tgt), translation_ids=tgt, translation_mask=torch.ones_like(tgt))
+    loss = task_loss(tokenizer)(model, batch)
     assert torch.isfinite(loss)
 
 

@@ -79,14 +79,17 @@ class TinyModel(nn.Module):
 
 
 class TinyLoss:
-    """Cross-entropy plus a small logit penalty; NaN on the steps in ``nan_steps``; records batch ids."""
+    """Cross-entropy plus a small logit penalty; NaN on the calls in ``nan_steps`` (one call per step of
+    a run with grad_accum=1 that does not resume); records batch ids."""
 
     def __init__(self, nan_steps: set[int] | None = None, record: Path | None = None):
         self.nan_steps = nan_steps or set()
         self.record = record
         self.logit_dtypes: set[torch.dtype] = set()  # what the engine's forward ran in
+        self.calls = 0
 
-    def __call__(self, model, batch, step):
+    def __call__(self, model, batch):
+        step, self.calls = self.calls, self.calls + 1
         logits = model(batch["x"])
         self.logit_dtypes.add(logits.dtype)
         ce = nn.functional.cross_entropy(logits, batch["y"])
