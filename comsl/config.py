@@ -19,6 +19,7 @@ import yaml
 
 from comsl.errors import ConfigError
 from comsl.languages import normalize_lang
+from comsl.parts import PARTS
 
 
 @dataclass(kw_only=True)
@@ -571,10 +572,9 @@ def validate(cfg: Any, source: str = "config") -> None:
                           "(checkpoints/, best/, final/); give this run its own train.out_dir")
     if len(op.betas) != 2:
         errors.append(f"optim.betas: expected two values, got {len(op.betas)}")
-    parts = {"speech_encoder", "adapter", "text_encoder", "text_decoder"}
     for key in op.lr_per_part:
-        if key not in parts:
-            errors.append(f"optim.lr_per_part.{key}: unknown part; valid: {', '.join(sorted(parts))}")
+        if key not in PARTS:
+            errors.append(f"optim.lr_per_part.{key}: unknown part; valid: {', '.join(sorted(PARTS))}")
     errors += _bucket_errors(cfg.data)
     for i, lang in enumerate(cfg.data.langs):
         try:

@@ -25,12 +25,11 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from comsl.languages import TARGET_CODE
 from comsl.models.beam_search import beam_search, unsupported_settings
-from comsl.models.length_adapter import LengthAdapter
 from comsl.models.encodings import Encodings, Plan, encode_batch
+from comsl.models.length_adapter import LengthAdapter
 from comsl.models.speech_encoders import SPEECH_ENCODERS, build_speech_encoder
 from comsl.models.text_models import build_text_model, decoder_start_id, lm_logits
-
-PARTS = ("speech_encoder", "adapter", "text_encoder", "text_decoder")
+from comsl.parts import ADAPTER, OTHER, PARTS, SPEECH, TEXT_DECODER, TEXT_ENCODER
 
 
 class ComSLConfig(PreTrainedConfig):
@@ -86,6 +85,11 @@ class SpeechEncoding:
     """Speech-encoder output (B, T, D_speech) (CTC reads it)."""
     speech_mask: torch.Tensor
     """(B, T) 1 on real positions."""
+
+
+def padding_or_none(mask: torch.Tensor) -> torch.Tensor | None:
+    """``mask`` (B, L) when it has padding, else None: without a mask SDPA takes its fused kernel."""
+    return None if bool(mask.all()) else mask
 
 
 class ComSLModel(PreTrainedModel):
@@ -151,15 +155,15 @@ class ComSLModel(PreTrainedModel):
         the optional CTC and matching heads count as ``adapter`` (new, randomly initialised parts).
         """
         if name.startswith("speech_encoder."):
-            return "speech_encoder"
+            return SPEECH
         if name.startswith(("adapter.", "ctc_head.", "match_head.")):
-            return "adapter"
+            return ADAPTER
         if name.startswith("text_model."):
             rest = name[len("text_model."):]
             if rest.startswith("model.decoder.") or rest.startswith("lm_head") or rest == "final_logits_bias":
-                return "text_decoder"
-            return "text_encoder"
-        return "other"
+                return TEXT_DECODER
+            return TEXT_ENCODER
+        return OTHER
 
     def set_trainable(self, part: str, trainable: bool) -> None:
         """Switch ``requires_grad`` of one part. The shared embedding stays trainable while either
@@ -170,12 +174,12 @@ class ComSLModel(PreTrainedModel):
         for name, param in self.named_parameters():
             if self.part_of(name) == part and param is not shared:
                 param.requires_grad_(trainable)
-        if part in ("text_encoder", "text_decoder"):
+        if part in (TEXT_ENCODER, TEXT_DECODER):
             # embeddings follow the text blocks: frozen only when both are frozen
             enc = any(p.requires_grad for n, p in self.named_parameters()
-                      if self.part_of(n) == "text_encoder" and p is not shared)
+                      if self.part_of(n) == TEXT_ENCODER and p is not shared)
             dec = any(p.requires_grad for n, p in self.named_parameters()
-                      if self.part_of(n) == "text_decoder" and p is not shared)
+                      if self.part_of(n) == TEXT_DECODER and p is not shared)
             shared.requires_grad_(enc or dec)
         if self.config.speech_encoder_type == "whisper":
             # the positional table is fixed in Whisper (sinusoids); never train it
@@ -216,9 +220,8 @@ class ComSLModel(PreTrainedModel):
         self, inputs_embeds: torch.Tensor, mask: torch.Tensor, output_hidden_states: bool = False
     ) -> BaseModelOutput:
         """Text encoder over ``inputs_embeds`` (B, L, D) with mask (B, L)."""
-        return self.text_encoder(
-            inputs_embeds=inputs_embeds, attention_mask=mask, output_hidden_states=output_hidden_states
-        )
+        return self.text_encoder(inputs_embeds=inputs_embeds, attention_mask=padding_or_none(mask),
+                                 output_hidden_states=output_hidden_states)
 
     def encode_text(self, input_ids: torch.Tensor, mask: torch.Tensor, output_hidden_states: bool = False
                     ) -> BaseModelOutput:
@@ -232,7 +235,7 @@ class ComSLModel(PreTrainedModel):
         LM head (so callers can project only the positions they score)."""
         return self.text_model.get_decoder()(
             input_ids=decoder_input_ids, encoder_hidden_states=encoder_hidden,
-            encoder_attention_mask=encoder_mask, use_cache=False,
+            encoder_attention_mask=padding_or_none(encoder_mask), use_cache=False,
         ).last_hidden_state
 
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -82,7 +82,7 @@ class WhisperSpeechEncoder(nn.Module):
                     < self.output_lengths(mask.sum(-1))[:, None]).long()
         x = x + enc.embed_positions.weight[: x.shape[1]]
         x = nn.functional.dropout(x, p=enc.dropout, training=self.training)
-        bias = padding_bias(out_mask, x.dtype)
+        bias = None if bool(out_mask.all()) else padding_bias(out_mask, x.dtype)  # no padding: fused SDPA
         for layer in enc.layers:
             if self.training and enc.layerdrop > 0 and torch.rand([]) < enc.layerdrop:
                 continue

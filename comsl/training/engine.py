@@ -181,7 +181,7 @@ class Engine:
     def forward(self, batch: Any, last_micro: bool): ...
     def backward(self, loss: torch.Tensor) -> None: ...
     def discard(self) -> None: ...
-    def step(self, frozen_parts: set[str] | None = None) -> None: ...
+    def step(self) -> None: ...
     def save(self, ckpt_dir: Path) -> None: ...
     def load(self, ckpt_dir: Path) -> None: ...
     def extra_state(self) -> dict: return {}
@@ -192,7 +192,7 @@ class TorchEngine(Engine):
     """Single process, or DDP (gloo on CPU, NCCL on GPU) when launched with ``WORLD_SIZE > 1``."""
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, param_groups: list[dict], *,
-                 optim: OptimConfig, train: TrainConfig, part_of: Callable[[str], str]):
+                 optim: OptimConfig, train: TrainConfig):
         self.rank, self.world_size, local_rank = dist_info()
         self.device = _device(local_rank)
         if self.distributed and not dist.is_initialized():
@@ -217,9 +217,6 @@ class TorchEngine(Engine):
         self.optimizer = torch.optim.AdamW(param_groups, betas=tuple(optim.betas), eps=optim.eps,
                                            fused=self.device.type in ("cpu", "cuda"))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        self._part_params = {}
-        for name, p in self.model.named_parameters():
-            self._part_params.setdefault(part_of(name), []).append(p)
         self._sync_ctx: contextlib.ExitStack | None = None
 
     def prepare(self, batch):
@@ -247,11 +244,8 @@ class TorchEngine(Engine):
         self._close_sync()
         self.optimizer.zero_grad(set_to_none=True)
 
-    def step(self, frozen_parts=None):
-        # A frozen part gets no gradient at all, so AdamW neither decays nor moves its moments.
-        for part in frozen_parts or ():
-            for p in self._part_params.get(part, []):
-                p.grad = None
+    def step(self):
+        # Frozen parts (training/freezing.py) arrive without gradient and with LR 0, as under DeepSpeed.
         self.scaler.unscale_(self.optimizer)
         if self.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(
@@ -388,7 +382,7 @@ class DeepSpeedEngine(Engine):
         self.ds.backward(total * 0.0)
         self.ds.step()
 
-    def step(self, frozen_parts=None):
+    def step(self):
         pass  # DeepSpeed stepped inside backward() on the boundary micro-batch
 
     @contextlib.contextmanager
@@ -467,8 +461,8 @@ def _weights_only_checkpoint_engine(ds):
 
 
 def build_engine(model: nn.Module, loss_fn: LossFn, param_groups: list[dict], *, optim: OptimConfig,
-                 train: TrainConfig, part_of: Callable[[str], str]) -> Engine:
+                 train: TrainConfig) -> Engine:
     """The engine named by ``train.engine``."""
     if train.engine == "deepspeed":
         return DeepSpeedEngine(model, loss_fn, param_groups, optim=optim, train=train)
-    return TorchEngine(model, loss_fn, param_groups, optim=optim, train=train, part_of=part_of)
+    return TorchEngine(model, loss_fn, param_groups, optim=optim, train=train)

@@ -1,60 +1,25 @@
-"""Optimizer parameter groups by model part, polynomial decay with warm-up, and speech-encoder freezing.
+"""Optimizer parameter groups by model part, and polynomial decay with warm-up.
 
 Paper (stage 2): AdamW β=(0.9, 0.98), weight decay 0.1 except biases and LayerNorm, polynomial decay
-(power 2) after a linear warm-up, speech blocks frozen for the first third of training.
+(power 2) after a linear warm-up. Frozen parts get LR 0 from the freeze policy (``training/freezing.py``).
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Callable, Collection, Iterable
 
 import torch
 from torch import nn
 
-from comsl.config import OptimConfig, TrainConfig
-
-PARTS = ("speech_encoder", "adapter", "text_encoder", "text_decoder", "other")
-"""Parts a model may report through ``model.part_of(param_name)``."""
-
-SPEECH = "speech_encoder"
-
-TRAINABLE_SWITCHES = {
-    "speech_encoder": "speech_trainable",
-    "adapter": "adapter_trainable",
-    "text_encoder": "text_encoder_trainable",
-    "text_decoder": "text_decoder_trainable",
-}
-"""Model part -> the TrainConfig switch that makes it trainable."""
-
-
-def part_of(model: nn.Module, name: str) -> str:
-    """Part of parameter ``name``: ``model.part_of(name)`` when the model has it, else ``"other"``."""
-    fn = getattr(model, "part_of", None)
-    if fn is None:
-        return "other"
-    part = fn(name)
-    if part not in PARTS:
-        raise ValueError(f"model.part_of({name!r}) returned {part!r}; expected one of {', '.join(PARTS)}")
-    return part
+from comsl.config import OptimConfig
+from comsl.parts import OTHER, PARTS, SPEECH
+from comsl.training.freezing import part_of
 
 
 def no_decay(name: str, param: torch.Tensor) -> bool:
     """Biases, norm weights and any 1-D parameter get no weight decay."""
     lowered = name.lower()
     return param.ndim < 2 or lowered.endswith(".bias") or "norm" in lowered
-
-
-def apply_trainable_switches(model: nn.Module, train: TrainConfig) -> None:
-    """Apply the static ``*_trainable`` switches: ``model.set_trainable(part, flag)`` when available,
-    otherwise ``requires_grad`` of the part's parameters (found through ``model.part_of``)."""
-    for part, switch in TRAINABLE_SWITCHES.items():
-        flag = getattr(train, switch)
-        if hasattr(model, "set_trainable"):
-            model.set_trainable(part, flag)
-        elif not flag:
-            for name, p in model.named_parameters():
-                if part_of(model, name) == part:
-                    p.requires_grad_(False)
 
 
 def param_groups(model: nn.Module, optim: OptimConfig) -> list[dict[str, Any]]:
@@ -70,7 +35,7 @@ def param_groups(model: nn.Module, optim: OptimConfig) -> list[dict[str, Any]]:
         key = (part_of(model, name), not no_decay(name, p))
         buckets.setdefault(key, []).append(p)
     groups = []
-    for part in PARTS:
+    for part in (*PARTS, OTHER):
         for decay in (True, False):
             params = buckets.get((part, decay))
             if not params:
@@ -88,11 +53,6 @@ def param_groups(model: nn.Module, optim: OptimConfig) -> list[dict[str, Any]]:
     return groups
 
 
-def freeze_steps(train: TrainConfig) -> int:
-    """Number of initial steps during which the speech encoder is frozen."""
-    return int(round(train.freeze_speech_fraction * train.max_steps))
-
-
 def lr_factor(step: int, *, warmup_steps: int, max_steps: int, power: float) -> float:
     """Fraction of the peak LR used for update ``step`` (0-based): linear warm-up to 1, then
     ``(1 - progress) ** power`` down to 0 at ``max_steps``."""
@@ -105,7 +65,7 @@ def lr_factor(step: int, *, warmup_steps: int, max_steps: int, power: float) -> 
 
 class PolynomialDecaySchedule:
     """Sets every group's ``lr`` for the coming update: ``end + (peak - end) * lr_factor(step)``,
-    times 0 for the speech-encoder group while it is frozen.
+    0 for the groups of parts ``frozen(step)`` names (the freeze policy, ``comsl.training.freezing``).
 
     A pure function of the step, so its state is the step alone. ``step()`` advances after an update.
     The groups are read from ``optimizer.param_groups`` at every call because loading an optimizer
@@ -113,25 +73,21 @@ class PolynomialDecaySchedule:
     """
 
     def __init__(self, optimizer: Any, *, warmup_steps: int, max_steps: int, power: float,
-                 end_lr: float, freeze_until: int = 0):
+                 end_lr: float, frozen: Callable[[int], Collection[str]] = lambda step: ()):
         self.optimizer = optimizer
         self.warmup_steps = warmup_steps
         self.max_steps = max_steps
         self.power = power
         self.end_lr = end_lr
-        self.freeze_until = freeze_until
+        self.frozen = frozen
         self.current_step = 0
 
     @property
     def param_groups(self) -> list[dict]:
         return self.optimizer.param_groups
 
-    def speech_frozen(self, step: int | None = None) -> bool:
-        """Whether the speech encoder is frozen at ``step`` (default: the coming update)."""
-        return (self.current_step if step is None else step) < self.freeze_until
-
     def lr_for(self, group: dict, step: int) -> float:
-        if group.get("part") == SPEECH and self.speech_frozen(step):
+        if group.get("part") in self.frozen(step):
             return 0.0
         peak = group["peak_lr"]
         end = min(self.end_lr, peak)

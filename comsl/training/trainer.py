@@ -27,12 +27,13 @@ from comsl import run_layout as layout
 from comsl.config import OptimConfig, TrainConfig
 from comsl.data.batching import padding_counts
 from comsl.errors import CheckpointError, ComSLError, DataError
+from comsl.parts import SPEECH
 from comsl.training import checkpoint as ckpt
 from comsl.training.engine import Engine, build_engine, param_shapes
+from comsl.training.freezing import FreezePolicy, part_of
 from comsl.training.logging import MetricsLogger, plot_loss_curve, progress_bar
 from comsl.training.run_lock import RunDirLockedError, RunLock
-from comsl.training.schedule import (SPEECH, PolynomialDecaySchedule, apply_trainable_switches,
-                                     freeze_steps, main_lr, param_groups, part_of)
+from comsl.training.schedule import PolynomialDecaySchedule, main_lr, param_groups
 from comsl.training.task import TrainTask
 
 log = logging.getLogger(__name__)
@@ -135,15 +136,15 @@ class Trainer:
 
     def _setup(self) -> None:
         model = self.task.model
-        apply_trainable_switches(model, self.train)
+        self.freeze = FreezePolicy.from_config(self.train, model)
+        self.freeze.apply_static(model)
         groups = param_groups(model, self.optim)
         self._has_speech = any(part_of(model, n) == SPEECH for n, _ in model.named_parameters())
-        self.engine = build_engine(model, self.task.loss_fn, groups, optim=self.optim, train=self.train,
-                                   part_of=lambda n: part_of(model, n))
+        self.engine = build_engine(model, self.task.loss_fn, groups, optim=self.optim, train=self.train)
         self.schedule = PolynomialDecaySchedule(
             self.engine.optimizer, warmup_steps=self.optim.warmup_steps,
             max_steps=self.train.max_steps, power=self.optim.power, end_lr=self.optim.end_lr,
-            freeze_until=freeze_steps(self.train) if self._has_speech else 0)
+            frozen=self.freeze.frozen)
         self._speech_frozen: bool | None = None
 
     def _set_speech_frozen(self, frozen: bool) -> None:
@@ -155,9 +156,6 @@ class Trainer:
             self.task.model.set_speech_frozen(frozen)
         if self.engine.is_main and self._has_speech:
             log.info("step %d: speech encoder %s", self.step, "frozen" if frozen else "unfrozen")
-
-    def _frozen_parts(self) -> set[str]:
-        return {SPEECH} if self._speech_frozen else set()
 
     # ------------------------------------------------------------------ data
 
@@ -425,7 +423,7 @@ class Trainer:
         while self.step < stop:
             self.schedule.apply()
             self._step_lr = main_lr(self.engine.optimizer.param_groups)
-            self._set_speech_frozen(self.schedule.speech_frozen() or not t.speech_trainable)
+            self._set_speech_frozen(SPEECH in self.freeze.frozen(self.step))
             micro = [next(batches) for _ in range(t.grad_accum)]
             window.utts += sum(n for n, _ in micro)
             _add_padding(window.losses, [b for _, b in micro])
@@ -498,7 +496,7 @@ class Trainer:
             for name, value in {"total": total, **parts}.items():
                 v = value.detach().float()
                 sums[name] = sums[name] + v if name in sums else v
-        e.step(self._frozen_parts())
+        e.step()
         return {f"loss/{k}": float(v) / finite_micro for k, v in sums.items()}
 
     def _log_record(self, window: dict[str, list], steps: int, utts: int, seconds: float) -> dict:

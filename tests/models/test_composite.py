@@ -116,3 +116,39 @@ def test_too_long_speech_is_refused(make_model):
     x, mask = speech_input("whisper", [201])
     with pytest.raises(ValueError, match="more than the maximum 200"):
         model.encode_speech(x, mask)
+
+
+def test_unpadded_batches_pass_no_mask_and_equal_the_masked_path(make_model, tokenizer):
+    """Without padding the text encoder, the decoder's cross-attention and Whisper's layers get no mask
+    (SDPA's fused path); their outputs equal those of an all-ones mask."""
+    model = make_model()
+    x, mask = speech_input("whisper", [230, 230], seed=2)
+    seen = []
+    for module in (model.text_encoder, model.text_model.get_decoder()):
+        module.register_forward_pre_hook(
+            lambda m, args, kw: seen.append(kw.get("attention_mask", kw.get("encoder_attention_mask"))),
+            with_kwargs=True)
+    layer_masks = []
+    model.speech_encoder.encoder.layers[0].register_forward_pre_hook(lambda m, args: layer_masks.append(args[1]))
+    with torch.no_grad():
+        enc = model.encode_speech(x, mask)
+        embeds, emask = model.speech_inputs_embeds(enc, torch.tensor([5, 6]))
+        fast = model.encode_embeds(embeds, emask).last_hidden_state
+        dec_in = torch.tensor([[2, 5, 9, 11], [2, 5, 12, 13]])
+        fast_dec = model.decode_hidden(dec_in, fast, emask)
+        assert seen == [None, None] and layer_masks == [None]
+        masked = model.text_encoder(inputs_embeds=embeds, attention_mask=emask).last_hidden_state
+        masked_dec = model.text_model.get_decoder()(input_ids=dec_in, encoder_hidden_states=fast,
+                                                    encoder_attention_mask=emask).last_hidden_state
+        from comsl.models.speech_encoders import padding_bias
+        layer = model.speech_encoder.encoder.layers[0]
+        h = torch.randn(2, 115, 32)
+        torch.testing.assert_close(layer(h, None), layer(h, padding_bias(torch.ones(2, 115), h.dtype)),
+                                   rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(fast, masked, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(fast_dec, masked_dec, rtol=1e-6, atol=1e-6)
+    with torch.no_grad():  # a padded batch still passes its mask
+        padded = emask.clone()
+        padded[1, -1] = 0
+        model.encode_embeds(embeds, padded)
+    assert seen[-1] is not None

@@ -48,7 +48,7 @@ def test_a_comsl_step_with_the_teacher_runs_on_the_engine_device(make_model, tok
                               eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                               teacher=teacher)
     engine = engine_module.TorchEngine(model, loss, param_groups(model, OptimConfig()), optim=OptimConfig(),
-                                       train=TrainConfig(), part_of=model.part_of)
+                                       train=TrainConfig())
     assert engine.device == META
     for name, module in (("model", model), ("teacher", loss.teacher)):
         off = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.device != META]
@@ -74,7 +74,7 @@ def test_autocast_still_applies_when_asked(precision, make_model, tokenizer):
     dtypes = []
     model.text_model.lm_head.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
     engine = engine_module.TorchEngine(model, loss, param_groups(model, OptimConfig()), optim=OptimConfig(),
-                                       train=TrainConfig(precision=precision), part_of=model.part_of)
+                                       train=TrainConfig(precision=precision))
     total, _ = engine.forward(engine.prepare(speech_batch(tokenizer, *speech_input("whisper", [230, 97]))),
                               last_micro=True)
     assert torch.isfinite(total) and total.dtype == torch.float32 and dtypes and set(dtypes) == {torch.bfloat16}

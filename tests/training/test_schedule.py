@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from comsl.config import OptimConfig, TrainConfig
-from comsl.training.schedule import PolynomialDecaySchedule, freeze_steps, lr_factor, param_groups
+from comsl.training.freezing import FreezePolicy
+from comsl.training.schedule import PolynomialDecaySchedule, lr_factor, param_groups
 
 from .tiny_task import TinyModel
 
@@ -40,10 +41,10 @@ def test_polynomial_decay_golden_values():
 def test_speech_group_lr_is_zero_while_frozen_and_end_lr_is_reached():
     model = TinyModel()
     opt = torch.optim.AdamW(param_groups(model, OptimConfig(lr=1.0)))
-    train = TrainConfig(max_steps=10, freeze_speech_fraction=0.3)
-    assert freeze_steps(train) == 3
+    policy = FreezePolicy.from_config(TrainConfig(max_steps=10, freeze_speech_fraction=0.3), model)
+    assert policy.speech_until == 3
     sched = PolynomialDecaySchedule(opt, warmup_steps=0, max_steps=10, power=1.0, end_lr=0.1,
-                                    freeze_until=freeze_steps(train))
+                                    frozen=policy.frozen)
     sched.apply()
     seen = []
     for _ in range(10):

@@ -99,7 +99,7 @@ class TinyLoss:
             total = total * float("nan")
         if self.record is not None:
             with self.record.open("a") as f:
-                f.write(json.dumps({"step": step, "ids": batch["ids"]}) + "\n")
+                f.write(json.dumps({"ids": batch["ids"]}) + "\n")
         return total, {"ce": ce, "aux": aux}
 
 
