@@ -114,7 +114,7 @@ def beam_search(
     while True:
         b = active.shape[0]
         hidden = decoder(input_ids=tokens, encoder_hidden_states=enc, encoder_attention_mask=enc_mask,
-                         past_key_values=cache, use_cache=True).last_hidden_state[:, -1]
+                         cache=cache, use_cache=True).last_hidden_state[:, -1]
         forced = None
         if cur_len == 1 and forced_bos_id is not None:
             forced = forced_bos_id

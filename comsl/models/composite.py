@@ -14,6 +14,7 @@ separate step (``comsl.models.build``).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -273,22 +274,19 @@ class ComSLModel(PreTrainedModel):
                 forced_eos_id=gen_cfg.forced_eos_token_id, num_beams=num_beams,
                 max_new_tokens=max_new_tokens, length_penalty=length_penalty,
             )
-        out = self.text_model.generate(
-            encoder_outputs=BaseModelOutput(last_hidden_state=encoder_hidden),
-            attention_mask=encoder_mask,
-            decoder_start_token_id=start,
-            forced_bos_token_id=int(tgt_lang_id),
-            bos_token_id=tc.bos_token_id,
-            eos_token_id=tc.eos_token_id,
-            pad_token_id=tc.pad_token_id,
-            num_beams=num_beams,
-            max_new_tokens=max_new_tokens,
-            length_penalty=length_penalty,
-            early_stopping=True,
-            do_sample=False,
-            **kwargs,
-        )
-        return out
+        # one generation config (copied, so the model's stays as saved) rather than config + kwargs;
+        # max_length off so max_new_tokens alone bounds the length
+        gen_cfg = copy.deepcopy(gen_cfg)
+        gen_cfg.update(decoder_start_token_id=start, forced_bos_token_id=int(tgt_lang_id),
+                       bos_token_id=tc.bos_token_id, eos_token_id=tc.eos_token_id, pad_token_id=tc.pad_token_id,
+                       num_beams=num_beams, max_new_tokens=max_new_tokens, max_length=None,
+                       length_penalty=length_penalty, early_stopping=True if num_beams > 1 else None,
+                       do_sample=False)
+        unknown = gen_cfg.update(**kwargs)
+        if unknown:
+            raise TypeError(f"not generation settings: {', '.join(sorted(unknown))}")
+        return self.text_model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=encoder_hidden),
+                                        attention_mask=encoder_mask, generation_config=gen_cfg)
 
     @torch.no_grad()
     def generate_speech(self, speech: torch.Tensor, speech_mask: torch.Tensor, src_lang_ids: torch.Tensor,
