@@ -27,7 +27,8 @@ from transformers import AutoConfig, PreTrainedConfig
 from comsl.config import ModelConfig
 from comsl.errors import CheckpointError, ConfigError
 from comsl.models.composite import ComSLConfig, ComSLModel
-from comsl.models.speech_encoders import SPEECH_ENCODERS
+from comsl.models.length_adapter import LengthAdapter
+from comsl.models.speech_encoders import SPEECH_ENCODERS, WhisperSpeechEncoder
 from comsl.models.text_models import TEXT_MODELS
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,9 @@ TINY_TEXT_ARCH: dict = dict(d_model=32, encoder_layers=2, decoder_layers=2, enco
                             decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
                             max_position_embeddings=256)
 
-_TEXT_MODEL_TYPE = {"mbart": "mbart", "m2m100": "m2m_100", "nllb": "m2m_100"}
+VOCAB_PADDING_TOLERANCE = 1000
+"""A pretrained text model's embedding table may hold more rows than its tokenizer has tokens (padding
+rows); a tokenizer smaller than the table by more than this is taken to be the wrong tokenizer."""
 
 
 @dataclass
@@ -307,7 +310,7 @@ def build_model(model_cfg: ModelConfig, tokenizer, load_weights: bool = True, ct
     if tokenizer is not None and len(tokenizer) < text_cfg.vocab_size and not model_cfg.text_pretrained:
         raise ConfigError(f"model.text_arch.vocab_size ({text_cfg.vocab_size}) differs from the tokenizer "
                           f"({len(tokenizer)})")
-    if tokenizer is not None and model_cfg.text_pretrained and len(tokenizer) < text_cfg.vocab_size - 1000:
+    if tokenizer is not None and model_cfg.text_pretrained and len(tokenizer) < text_cfg.vocab_size - VOCAB_PADDING_TOLERANCE:
         raise ConfigError(
             f"tokenizer has {len(tokenizer)} tokens but the text model {model_cfg.text_pretrained} has "
             f"{text_cfg.vocab_size}: use the tokenizer that belongs to the text model"
@@ -349,7 +352,7 @@ def _check_lengths(config: ComSLConfig) -> None:
                 f"encoder has {config.speech_config.max_source_positions} positions "
                 f"({2 * config.speech_config.max_source_positions} frames)"
             )
-        positions = (frames + 7) // 8 + 1
+        positions = LengthAdapter.output_lengths(WhisperSpeechEncoder.output_lengths(frames)) + 1
     else:
         positions = int(config.max_speech_seconds * 50) // 4 + 1
     text_positions = config.text_config.max_position_embeddings

@@ -41,10 +41,15 @@ class ConvGLU(nn.Module):
         return nn.functional.glu(self.conv(x.transpose(1, 2)), dim=1).transpose(1, 2)
 
 
+def halve(length):
+    """Output length of one stride-2 convolution (k=3, p=1): ceil(length / 2) (ints or tensors)."""
+    return (length + 1) // 2
+
+
 def downsample_mask(mask: torch.Tensor) -> torch.Tensor:
     """(B, T) mask -> (B, ceil(T/2)) mask with ceil(length/2) real positions per row."""
-    lengths = (mask.sum(-1) + 1) // 2
-    width = (mask.shape[1] + 1) // 2
+    lengths = halve(mask.sum(-1))
+    width = halve(mask.shape[1])
     return (torch.arange(width, device=mask.device)[None, :] < lengths[:, None]).to(mask.dtype)
 
 
@@ -58,6 +63,11 @@ class LengthAdapter(nn.Module):
         self.conv1 = ConvGLU(speech_dim, text_dim)
         self.ffn_mid = ResidualFFN(text_dim, ffn_mult, dropout)
         self.conv2 = ConvGLU(text_dim, text_dim)
+
+    @staticmethod
+    def output_lengths(lengths):
+        """Adapter positions for ``lengths`` speech-encoder positions: ceil(ceil(T / 2) / 2)."""
+        return halve(halve(lengths))
 
     @torch.no_grad()
     def init_as_subsampling_(self, gate_bias: float = 8.0) -> None:

@@ -22,6 +22,8 @@ from transformers import (
 )
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
+from comsl.models.length_adapter import halve
+
 # encoder family -> (config class, input front end the data pipeline must produce)
 SPEECH_ENCODERS: dict[str, tuple[type[PreTrainedConfig], str]] = {
     "whisper": (WhisperConfig, "whisper_log_mel"),
@@ -57,9 +59,9 @@ class WhisperSpeechEncoder(nn.Module):
         self.hidden_size = config.d_model
 
     @staticmethod
-    def output_lengths(lengths: torch.Tensor) -> torch.Tensor:
-        """Encoder positions for ``lengths`` mel frames (conv k=3, s=2, p=1 -> ceil(T / 2))."""
-        return (lengths + 1) // 2
+    def output_lengths(lengths):
+        """Encoder positions for ``lengths`` mel frames (ints or tensors): conv2 (k=3, s=2, p=1) halves them."""
+        return halve(lengths)
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """features (B, n_mels, T), mask (B, T) -> hidden (B, ceil(T/2), D), mask (B, ceil(T/2)).

@@ -72,7 +72,7 @@ def test_sentences_end_at_different_steps_and_are_padded(make_model, tokenizer):
                           use_hf_generate=True)
     assert torch.equal(got, ref)
     lengths = (got != tc.pad_token_id).sum(1)
-    assert lengths.tolist() == [7, 7, 7, 7, 5, 6]  # sentences finished (and left the batch) at different steps
+    assert len(set(lengths.tolist())) > 1  # sentences finished (and left the batch) at different steps
     for row, n in zip(got, lengths):
         assert row[n - 1] == tc.eos_token_id and (row[n:] == tc.pad_token_id).all()
 
@@ -106,9 +106,10 @@ def test_settings_it_does_not_reproduce_fall_back_to_generate(make_model, tokeni
     got = model._generate(enc, mask, en, num_beams=3, max_new_tokens=12, length_penalty=1.0)
     ref = model._generate(enc, mask, en, num_beams=3, max_new_tokens=12, length_penalty=1.0, use_hf_generate=True)
     assert torch.equal(got, ref)
-    for row in got:  # the n-gram rule really applied
-        bigrams = list(zip(row.tolist(), row.tolist()[1:]))
-        assert len(bigrams) == len(set(bigrams)) or tokenizer.pad_token_id in row.tolist()
+    for row in got.tolist():  # the n-gram rule really applied (padding after </s> aside)
+        tokens = row[: row.index(tokenizer.pad_token_id)] if tokenizer.pad_token_id in row else row
+        bigrams = list(zip(tokens, tokens[1:]))
+        assert len(tokens) > 3 and len(bigrams) == len(set(bigrams))
 
 
 def test_bad_arguments_are_refused(make_model):
