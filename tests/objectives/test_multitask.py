@@ -178,3 +178,32 @@ def test_a_few_steps_of_all_parts_lower_the_loss(make_model, tokenizer, batch):
         assert all(torch.isfinite(v) for v in parts.values())
         history.append(float(total))
     assert history[-1] < 0.9 * history[0]
+
+
+def test_erm_variant_is_chosen_by_config(make_model, tokenizer, batch):
+    from comsl.objectives.cml import erm_mse, erm_reference
+    from comsl.objectives.multitask import plan_for
+
+    model = make_model()  # eval mode: the passes are deterministic given the masking draw
+    parts = {}
+    for variant in ("mse", "reference"):
+        torch.manual_seed(0)
+        parts[variant] = make_loss(tokenizer, None, lambda_mt=0, erm_variant=variant)(model, batch)[1]
+    torch.manual_seed(0)
+    enc = model(batch, plan_for(ObjectiveConfig(lambda_mt=0), has_speech=True, mask_token_id=tokenizer.mask_token_id))
+    assert float(parts["mse"]["erm"]) == pytest.approx(float(erm_mse(*enc.erm)), rel=1e-6)
+    assert float(parts["reference"]["erm"]) == pytest.approx(float(erm_reference(*enc.erm)), rel=1e-6)
+    assert float(parts["mse"]["erm"]) != pytest.approx(float(parts["reference"]["erm"]))
+    assert all(float(parts["mse"][k]) == float(parts["reference"][k]) for k in ("st", "asr", "mtp", "stm_src"))
+
+
+def test_ddm_target_and_teacher_run_without_autograd_state(make_model, tokenizer, batch):
+    from comsl.models.encodings import Plan
+
+    model, teacher = make_model().train(), make_model(seed=1)
+    enc = model(batch, Plan(st=True, mt_target=True))
+    assert enc.states["st"].grad_fn is not None and enc.states["mt_target"].grad_fn is None
+    seen = []
+    teacher.register_forward_hook(lambda m, i, out: seen.append(out.states["mt"].requires_grad))
+    make_loss(tokenizer, teacher)(model, batch)
+    assert seen == [False]
