@@ -88,7 +88,7 @@ class WhisperSpeechEncoder(nn.Module):
         for layer in enc.layers:
             if self.training and enc.layerdrop > 0 and torch.rand([]) < enc.layerdrop:
                 continue
-            x = layer(x, bias)
+            x = layer(x, attention_mask=bias)
         return enc.layer_norm(x), out_mask
 
 
