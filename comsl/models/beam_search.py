@@ -18,6 +18,8 @@ logits are the same numbers. It is faster because it does less work, not differe
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from transformers import PreTrainedModel
@@ -56,6 +58,81 @@ def _gather(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return torch.take_along_dim(t, idx, dim=1)
 
 
+@dataclass
+class _Beams:
+    """Search state of the b sentences still decoding, K beams each."""
+
+    active: torch.Tensor  # (b,) index of each sentence in the batch
+    seqs: torch.Tensor  # (b, K, max_length) running hypotheses
+    run_scores: torch.Tensor  # (b, K) their summed log-probs
+    src_beam: torch.Tensor  # (b, K) the beam each running hypothesis came from at the last step
+    fin_seqs: torch.Tensor  # (b, K, max_length) the K best finished hypotheses
+    fin_scores: torch.Tensor  # (b, K) their length-normalised scores
+    fin_flag: torch.Tensor  # (b, K) whether the slot holds a finished hypothesis
+    fin_len: torch.Tensor  # (b, K) step at which each finished
+    can_improve: torch.Tensor  # (b, 1) whether a running beam can still beat the worst finished one
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Keep only the sentences ``rows`` (indices into the active ones)."""
+        for name, value in vars(self).items():
+            setattr(self, name, value[rows])
+
+
+def _start(batch: int, k: int, max_length: int, decoder_start_id: int, fill: int, device) -> _Beams:
+    seqs = torch.full((batch, k, max_length), fill, dtype=torch.long, device=device)
+    seqs[:, :, 0] = decoder_start_id
+    run_scores = torch.zeros((batch, k), dtype=torch.float, device=device)
+    run_scores[:, 1:] = _NEG  # only the first beam may expand at step one (all beams are equal)
+    return _Beams(active=torch.arange(batch, device=device), seqs=seqs, run_scores=run_scores,
+                  src_beam=torch.zeros((batch, k), dtype=torch.long, device=device), fin_seqs=seqs.clone(),
+                  fin_scores=torch.full((batch, k), _NEG, dtype=torch.float, device=device),
+                  fin_flag=torch.zeros((batch, k), dtype=torch.bool, device=device),
+                  fin_len=torch.zeros((batch, k), dtype=torch.long, device=device),
+                  can_improve=torch.ones((batch, 1), dtype=torch.bool, device=device))
+
+
+def _next_log_probs(text_model, hidden: torch.Tensor, forced: int | None) -> torch.Tensor:
+    """(b*K, V) float32 log-probs of the next token; a forced token gets 0, all others -inf (no LM head)."""
+    if forced is None:
+        return nn.functional.log_softmax(lm_logits(text_model, hidden).float(), dim=-1)
+    log_probs = torch.full((hidden.shape[0], text_model.config.vocab_size), -float("inf"), device=hidden.device)
+    log_probs[:, forced] = 0
+    return log_probs
+
+
+def _advance(s: _Beams, log_probs: torch.Tensor, cur_len: int, max_length: int, eos_id: int,
+             length_penalty: float) -> None:
+    """One step of transformers' vectorised beam search: the 2K best continuations, the K best that did
+    not finish run on, the newly finished merge into the K best finished."""
+    b, k = s.run_scores.shape
+    vocab = log_probs.shape[-1]
+    scores = (log_probs.view(b, k, vocab) + s.run_scores[:, :, None]).view(b, k * vocab)
+    top_scores, top_idx = torch.topk(scores, k=2 * k)  # one eos id: 2K keep K non-finished ones
+    top_beam, top_tok = top_idx // vocab, top_idx % vocab
+    top_seqs = _gather(s.seqs, top_beam)
+    top_seqs[:, :, cur_len] = top_tok
+    hits = top_tok == eos_id if cur_len + 1 < max_length else torch.ones_like(top_tok, dtype=torch.bool)
+
+    run_cand = top_scores + hits.to(torch.float32) * _NEG
+    nxt = torch.topk(run_cand, k=k)[1]
+    s.seqs, s.run_scores, s.src_beam = _gather(top_seqs, nxt), _gather(run_cand, nxt), _gather(top_beam, nxt)
+
+    just = hits & (torch.arange(2 * k, device=hits.device) < k)[None, :]
+    normed = top_scores / ((cur_len + 1 - 1) ** length_penalty)
+    normed += s.fin_flag.all(dim=-1, keepdim=True).to(torch.float32) * _NEG
+    normed += (~s.can_improve).to(torch.float32) * _NEG
+    normed += (~just) * _NEG
+    merged = torch.topk(torch.cat((s.fin_scores, normed), dim=1), k=k)[1]
+    s.fin_seqs = _gather(torch.cat((s.fin_seqs, top_seqs), dim=1), merged)
+    s.fin_scores = _gather(torch.cat((s.fin_scores, normed), dim=1), merged)
+    s.fin_flag = _gather(torch.cat((s.fin_flag, just), dim=1), merged)
+    s.fin_len = _gather(torch.cat((s.fin_len, torch.full_like(top_tok, cur_len)), dim=1), merged)
+
+    best_running = s.run_scores[:, :1] / ((cur_len + 1 - 1) ** length_penalty)
+    worst_finished = torch.where(s.fin_flag, s.fin_scores.min(dim=1, keepdim=True)[0], _NEG)
+    s.can_improve = s.can_improve & (best_running > worst_finished).any(dim=-1, keepdim=True)
+
+
 @torch.no_grad()
 def beam_search(
     text_model: PreTrainedModel,
@@ -82,106 +159,37 @@ def beam_search(
     """
     if num_beams < 1 or max_new_tokens < 1:
         raise ValueError(f"beam_search needs num_beams >= 1 and max_new_tokens >= 1, got {num_beams}, {max_new_tokens}")
-    k = num_beams
-    batch, device = encoder_hidden.shape[0], encoder_hidden.device
-    decoder = text_model.get_decoder()
-    max_length = 1 + max_new_tokens
-    fill = pad_id if pad_id else eos_id
-    n_keep = 2 * k  # one eos id: keep 2K candidates so K non-finished ones always remain
-    top_k_mask = torch.arange(n_keep, device=device) < k
-
-    # Outputs, written when a sentence leaves the batch.
-    best = torch.full((batch, max_length), fill, dtype=torch.long, device=device)
+    k, batch, device = num_beams, encoder_hidden.shape[0], encoder_hidden.device
+    decoder, max_length, fill = text_model.get_decoder(), 1 + max_new_tokens, pad_id if pad_id else eos_id
+    best = torch.full((batch, max_length), fill, dtype=torch.long, device=device)  # written as sentences end
     best_len = torch.zeros(batch, dtype=torch.long, device=device)
-
-    # Per active sentence (b of them) and beam: running hypotheses and the K best finished ones.
-    active = torch.arange(batch, device=device)
-    seqs = torch.full((batch, k, max_length), fill, dtype=torch.long, device=device)
-    seqs[:, :, 0] = decoder_start_id
-    run_scores = torch.zeros((batch, k), dtype=torch.float, device=device)
-    run_scores[:, 1:] = _NEG  # only the first beam may expand at step one (all beams are equal)
-    fin_seqs = seqs.clone()
-    fin_scores = torch.full((batch, k), _NEG, dtype=torch.float, device=device)
-    fin_flag = torch.zeros((batch, k), dtype=torch.bool, device=device)
-    fin_len = torch.zeros((batch, k), dtype=torch.long, device=device)
-    can_improve = torch.ones((batch, 1), dtype=torch.bool, device=device)
-
+    s = _start(batch, k, max_length, decoder_start_id, fill, device)
     enc = encoder_hidden.repeat_interleave(k, dim=0)
-    enc_mask = encoder_mask.repeat_interleave(k, dim=0)
+    enc_mask = encoder_mask.repeat_interleave(k, dim=0)  # as generate passes it: token-identical
     cache = EncoderDecoderCache(DynamicCache(config=text_model.config), DynamicCache(config=text_model.config))
-    tokens = seqs[:, :, 0].reshape(-1, 1)
-    cur_len = 1
-    while True:
-        b = active.shape[0]
+    tokens = s.seqs[:, :, 0].reshape(-1, 1)
+    for cur_len in range(1, max_length):
         hidden = decoder(input_ids=tokens, encoder_hidden_states=enc, encoder_attention_mask=enc_mask,
                          cache=cache, use_cache=True).last_hidden_state[:, -1]
-        forced = None
-        if cur_len == 1 and forced_bos_id is not None:
-            forced = forced_bos_id
+        forced = forced_bos_id if cur_len == 1 else None
         if forced_eos_id is not None and cur_len == max_length - 1:
             forced = forced_eos_id
-        if forced is None:
-            log_probs = nn.functional.log_softmax(lm_logits(text_model, hidden).float(), dim=-1)
-        else:  # the forced token gets log-prob 0 and the LM head is not needed
-            log_probs = torch.full((hidden.shape[0], text_model.config.vocab_size), -float("inf"), device=device)
-            log_probs[:, forced] = 0
-        vocab = log_probs.shape[-1]
-        scores = (log_probs.view(b, k, vocab) + run_scores[:, :, None]).view(b, k * vocab)
-
-        # the 2K best continuations over all beams of each sentence
-        top_scores, top_idx = torch.topk(scores, k=n_keep)
-        top_beam = top_idx // vocab
-        top_tok = top_idx % vocab
-        top_seqs = _gather(seqs, top_beam)
-        top_seqs[:, :, cur_len] = top_tok
-        hits = top_tok == eos_id
-        if cur_len + 1 >= max_length:
-            hits = torch.ones_like(hits)
-
-        # running beams: the K best that did not just finish
-        run_cand = top_scores + hits.to(torch.float32) * _NEG
-        nxt = torch.topk(run_cand, k=k)[1]
-        seqs = _gather(top_seqs, nxt)
-        run_scores = _gather(run_cand, nxt)
-        src_beam = _gather(top_beam, nxt)
-
-        # finished hypotheses: merge the newly finished among the top K into the K best
-        just = hits & top_k_mask[None, :]
-        normed = top_scores / ((cur_len + 1 - 1) ** length_penalty)
-        normed += fin_flag.all(dim=-1, keepdim=True).to(torch.float32) * _NEG
-        normed += (~can_improve).to(torch.float32) * _NEG
-        normed += (~just) * _NEG
-        merged = torch.topk(torch.cat((fin_scores, normed), dim=1), k=k)[1]
-        fin_seqs = _gather(torch.cat((fin_seqs, top_seqs), dim=1), merged)
-        fin_scores = _gather(torch.cat((fin_scores, normed), dim=1), merged)
-        fin_flag = _gather(torch.cat((fin_flag, just), dim=1), merged)
-        fin_len = _gather(torch.cat((fin_len, torch.full_like(top_tok, cur_len)), dim=1), merged)
-
-        cur_len += 1
-        best_running = run_scores[:, :1] / ((cur_len - 1) ** length_penalty)
-        worst_finished = torch.where(fin_flag, fin_scores.min(dim=1, keepdim=True)[0], _NEG)
-        can_improve = can_improve & (best_running > worst_finished).any(dim=-1, keepdim=True)
-
-        done = fin_flag.all(dim=-1) | ~can_improve[:, 0]
-        if cur_len >= max_length:
-            done = torch.ones_like(done)
-        if done.any():
-            best[active[done]] = fin_seqs[done, 0]
-            best_len[active[done]] = fin_len[done, 0]
+        _advance(s, _next_log_probs(text_model, hidden, forced), cur_len, max_length, eos_id, length_penalty)
+        done = s.fin_flag.all(dim=-1) | ~s.can_improve[:, 0] if cur_len + 1 < max_length else None
+        if done is None or done.any():  # finished sentences leave the batch and both caches
+            done = torch.ones_like(s.can_improve[:, 0]) if done is None else done
+            best[s.active[done]], best_len[s.active[done]] = s.fin_seqs[done, 0], s.fin_len[done, 0]
             keep = (~done).nonzero()[:, 0]
             if keep.numel() == 0:
                 break
-            active, seqs, run_scores, src_beam = active[keep], seqs[keep], run_scores[keep], src_beam[keep]
-            fin_seqs, fin_scores, fin_flag, fin_len = fin_seqs[keep], fin_scores[keep], fin_flag[keep], fin_len[keep]
-            can_improve = can_improve[keep]
+            s.keep(keep)
             rows = (keep[:, None] * k + torch.arange(k, device=device)).reshape(-1)
             enc, enc_mask = enc[rows], enc_mask[rows]
             cache.cross_attention_cache.reorder_cache(rows)
             row_base = keep * k
         else:
-            row_base = torch.arange(b, device=device) * k
+            row_base = torch.arange(s.active.shape[0], device=device) * k
         # one gather both drops finished sentences and follows each kept beam to its parent
-        cache.self_attention_cache.reorder_cache((row_base[:, None] + src_beam).reshape(-1))
-        tokens = seqs[:, :, cur_len - 1].reshape(-1, 1)
-
+        cache.self_attention_cache.reorder_cache((row_base[:, None] + s.src_beam).reshape(-1))
+        tokens = s.seqs[:, :, cur_len].reshape(-1, 1)
     return best[:, : 1 + int(best_len.max())]
