@@ -129,7 +129,8 @@ def test_unpadded_batches_pass_no_mask_and_equal_the_masked_path(make_model, tok
             lambda m, args, kw: seen.append(kw.get("attention_mask", kw.get("encoder_attention_mask"))),
             with_kwargs=True)
     layer_masks = []
-    model.speech_encoder.encoder.layers[0].register_forward_pre_hook(lambda m, args: layer_masks.append(args[1]))
+    model.speech_encoder.encoder.layers[0].register_forward_pre_hook(
+        lambda m, args, kw: layer_masks.append(kw["attention_mask"]), with_kwargs=True)
     with torch.no_grad():
         enc = model.encode_speech(x, mask)
         embeds, emask = model.speech_inputs_embeds(enc, torch.tensor([5, 6]))
@@ -143,7 +144,8 @@ def test_unpadded_batches_pass_no_mask_and_equal_the_masked_path(make_model, tok
         from comsl.models.speech_encoders import padding_bias
         layer = model.speech_encoder.encoder.layers[0]
         h = torch.randn(2, 115, 32)
-        torch.testing.assert_close(layer(h, None), layer(h, padding_bias(torch.ones(2, 115), h.dtype)),
+        torch.testing.assert_close(layer(h, attention_mask=None),
+                                   layer(h, attention_mask=padding_bias(torch.ones(2, 115), h.dtype)),
                                    rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(fast, masked, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(fast_dec, masked_dec, rtol=1e-6, atol=1e-6)
