@@ -157,7 +157,7 @@ def _probe_step(engine, task, meter: PeakMemory, speech: bool) -> Callable[[Buck
         try:
             batch = task.collate_fn(longest_items(task.dataset, index, bucket.max_frames, bucket.max_tokens, n,
                                                   speech))
-            total, _ = engine.forward(engine.prepare(batch), 0, last_micro=True)
+            total, _ = engine.forward(engine.prepare(batch), last_micro=True)
             engine.backward(total)
             engine.step()
             return meter.peak()
@@ -173,14 +173,14 @@ def _probe_step(engine, task, meter: PeakMemory, speech: bool) -> Callable[[Buck
 def _build(cfg):
     """The training task with freshly estimated buckets, and the engine of its real training step."""
     from comsl.training.engine import build_engine
-    from comsl.training.schedule import apply_trainable_switches, param_groups, part_of
+    from comsl.training.freezing import FreezePolicy
+    from comsl.training.schedule import param_groups
     from comsl.training.task import build_task
 
     task = build_task(cfg)
     model = task.model
-    apply_trainable_switches(model, cfg.train)
-    engine = build_engine(model, task.loss_fn, param_groups(model, cfg.optim), optim=cfg.optim, train=cfg.train,
-                          part_of=lambda n: part_of(model, n))
+    FreezePolicy.from_config(cfg.train, model).apply_static(model)
+    engine = build_engine(model, task.loss_fn, param_groups(model, cfg.optim), optim=cfg.optim, train=cfg.train)
     model.train()
     return task, engine
 
