@@ -82,6 +82,16 @@ def comsl_step_flops(model, batch: dict, cfg: ObjectiveConfig | None = None) -> 
         fwd["mtp"] = (_decoder(p_dec, L_d, d, t, t) + 2 * p_head * masked, 3)
     out = {name: f * k for name, (f, k) in fwd.items()}
     out["total"] = math.fsum(out.values())
+    # executed beyond the model FLOPs: the chunked LM head + cross-entropy recomputes each trained head
+    # forward in backward, and evaluates soft targets (DDM, teacher) inside it, in forward and recompute
+    head = {"mt": scored_y, "st": scored_y, "asr": scored_t, "stm_tgt": scored_y, "stm_src": scored_t}
+    rerun = sum(head[n] for n in head if n in fwd and fwd[n][1] == 3)
+    rerun += masked if "mtp" in fwd else 0
+    if "st" in fwd and cfg.lambda_st > 0:
+        rerun += (2 if cfg.w_mt > 0 else 1) * scored_y
+    if "teacher" in fwd:
+        rerun += scored_y
+    out["recompute"] = 2 * p_head * rerun
     return out
 
 

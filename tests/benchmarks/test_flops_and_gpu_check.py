@@ -38,7 +38,7 @@ def test_counted_flops_match_torch_flop_counter(cfg):
         total, _ = loss(model, batch)
         total.backward()
     counted = comsl_step_flops(model, batch, cfg)
-    assert counted["total"] == pytest.approx(counter.get_total_flops(), rel=0.03)  # measured 1.01 (full) and 1.02 (ST only); the teacher alone is 5%
+    assert counted["total"] + counted["recompute"] == pytest.approx(counter.get_total_flops(), rel=0.03)  # measured 1.01 (full) and 1.02 (ST only); the teacher alone is 5%
     assert ("teacher" in counted) == (cfg.lambda_mt > 0)
 
 
