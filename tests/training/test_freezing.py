@@ -31,7 +31,6 @@ def test_speech_frozen_for_the_first_updates_in_both_engines(tmp_path, engine):
     afterwards; the model ran them without gradient only while frozen."""
     task = make_task()
     model, inner = task.model, task.loss_fn
-    start = {k: v.clone() for k, v in model.state_dict().items()}
     snapshots = []
 
     def loss_fn(m, batch):
@@ -43,7 +42,7 @@ def test_speech_frozen_for_the_first_updates_in_both_engines(tmp_path, engine):
     train, optim = configs(str(tmp_path / "run"), max_steps=4, freeze_speech_fraction=0.5, **kw)
     Trainer(task, train, optim).fit()
     assert model.frozen_calls == [True, False]
-    after_frozen = snapshots[2]  # before the third update: two frozen updates done
-    assert all(torch.equal(start[k], after_frozen[k]) for k in start if k.startswith("speech."))
-    assert not torch.equal(start["adapter.weight"], after_frozen["adapter.weight"])
-    assert not torch.equal(start["speech.0.weight"], model.state_dict()["speech.0.weight"].cpu())
+    first, after_frozen = snapshots[0], snapshots[2]  # as the engine holds them (DeepSpeed may cast to bf16)
+    assert all(torch.equal(first[k], after_frozen[k]) for k in first if k.startswith("speech."))
+    assert not torch.equal(first["adapter.weight"], after_frozen["adapter.weight"])
+    assert not torch.equal(first["speech.0.weight"], model.state_dict()["speech.0.weight"])
