@@ -30,7 +30,8 @@ def register(sub) -> None:
     c.add_argument("--min-seconds", type=float, default=0.1, help="skip shorter clips (default 0.1)")
     c.add_argument("--header-only", action="store_true",
                    help="trust audio headers instead of decoding every clip (faster, less safe)")
-    c.add_argument("--workers", type=int, default=2, help="validation processes (default 2)")
+    c.add_argument("--workers", type=int, default=0,
+                   help="processes decoding/validating clips (default 0: one per CPU core; 1: no pool)")
     c.set_defaults(func=run_covost2)
 
     s = kinds.add_parser("pseudo", help="translate transcripts of extra Common Voice clips with an MT model "

@@ -7,8 +7,10 @@ Inputs (per source language ``<lang>``, CoVoST file-name codes such as ``fr``, `
 - ``<cv_root>/<lang>/clips/<path>`` audio, and ``<cv_root>/<lang>/validated.tsv`` for transcripts when
   the CoVoST file has no ``sentence`` column (as in the official release).
 
-Every clip is validated; each skipped one is counted under one reason and listed in
-``<out>/prepare_report.json``. Outputs ``<out>/{train,dev,test}.tsv`` (see comsl.data.manifest).
+Every clip is validated (decoded in worker processes, one per core by default); each skipped one is
+counted under one reason and listed in ``<out>/prepare_report.json``, rewritten after every language.
+Languages finished by an interrupted run are kept in ``<out>/prepare_progress/`` and not redone.
+Outputs ``<out>/{train,dev,test}.tsv`` (see comsl.data.manifest).
 """
 
 from __future__ import annotations
@@ -61,8 +63,8 @@ class PrepareConfig:
     full_decode: bool = True
     """Decode every clip to validate it; False trusts file headers (fast, but corrupt or mislabelled
     mp3s then surface at training time, where they are skipped and counted)."""
-    num_workers: int = 2
-    """Processes validating clips in parallel."""
+    num_workers: int = 0
+    """Processes decoding/validating clips in parallel; 0 = one per CPU core, 1 = in this process."""
 
 
 @dataclass
@@ -176,44 +178,53 @@ def _probe_star(args):
     return probe_clip(*args)
 
 
-def _probe_all(paths: list[str], full_decode: bool, num_workers: int) -> list[tuple[str | None, int, str]]:
-    jobs = [(p, full_decode) for p in paths]
-    bar = dict(total=len(jobs), desc="validating clips", unit="clip", mininterval=1.0)
-    if num_workers <= 1 or len(jobs) < 64:  # a pool costs more than it saves on tiny inputs
-        return [probe_clip(*j) for j in tqdm(jobs, **bar)]
-    with ProcessPoolExecutor(num_workers, mp_context=get_context("spawn")) as pool:
-        return list(tqdm(pool.map(_probe_star, jobs, chunksize=16), **bar))
+class _Prober:
+    """Validates clips: in this process (``num_workers <= 1``) or in a pool of worker processes
+    started on first use and kept for every language of the run."""
+
+    def __init__(self, num_workers: int):
+        self.num_workers = num_workers
+        self._pool: ProcessPoolExecutor | None = None
+
+    def __call__(self, paths: list[str], full_decode: bool, desc: str) -> list[tuple[str | None, int, str]]:
+        jobs = [(p, full_decode) for p in paths]
+        bar = dict(total=len(jobs), desc=desc, unit="clip", mininterval=1.0)
+        if self.num_workers <= 1 or not jobs:
+            return [probe_clip(*j) for j in tqdm(jobs, **bar)]
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(self.num_workers, mp_context=get_context("spawn"))
+        chunk = max(1, min(64, len(jobs) // (4 * self.num_workers)))
+        return list(tqdm(self._pool.map(_probe_star, jobs, chunksize=chunk), **bar))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
 
 
-def prepare_covost2(cfg: PrepareConfig) -> dict:
-    """Validate and write manifests + report (see module doc). Returns the report dict."""
-    langs = list(cfg.langs) or available_langs(cfg.covost_root)
-    if not langs:
-        raise DataError(f"{cfg.covost_root}: no covost_v2.<lang>_en*.tsv files found")
-    rows: list[Row] = []
-    for lang in langs:
-        rows.extend(read_covost_rows(cfg.covost_root, cfg.cv_root, lang))
-
+def _prepare_language(cfg: PrepareConfig, lang: str, probe: _Prober) -> dict:
+    """One language: ``{"entries": {split: [manifest rows]}, "counts": {split: {reason|kept: n}},
+    "skipped": [...]}`` (plain JSON, so it can be saved as the language's progress)."""
+    rows = read_covost_rows(cfg.covost_root, cfg.cv_root, lang)
+    counts = {s: Counter() for s in SPLITS}
     skipped: list[dict] = []
-    counts = {lang: {s: Counter() for s in SPLITS} for lang in langs}
 
     def skip(row: Row, reason: str, detail: str = "") -> None:
-        counts[row.lang][row.split][reason] += 1
+        counts[row.split][reason] += 1
         skipped.append({"id": row.id, "lang": row.lang, "split": row.split, "path": row.path,
                         "reason": reason, "detail": detail, "row": row.source})
 
     # Text checks and duplicates first: no need to decode clips that are skipped anyway.
-    seen: set[tuple[str, str]] = set()
+    seen: set[str] = set()
     to_probe: list[Row] = []
     for row in rows:
         if not row.transcript:
             skip(row, "empty_transcript")
         elif not row.translation:
             skip(row, "empty_translation")
-        elif (row.lang, row.path) in seen:
+        elif row.path in seen:
             skip(row, "duplicate", "path already listed for this language")
         else:
-            seen.add((row.lang, row.path))
+            seen.add(row.path)
             to_probe.append(row)
 
     kept_rows = []
@@ -226,9 +237,9 @@ def prepare_covost2(cfg: PrepareConfig) -> dict:
             kept_rows.append(row)
     to_probe = kept_rows
     audio_paths = [os.path.abspath(os.path.join(cfg.cv_root, r.lang, "clips", r.path)) for r in to_probe]
-    results = _probe_all(audio_paths, cfg.full_decode, cfg.num_workers)
+    results = probe(audio_paths, cfg.full_decode, f"validating {lang} clips")
     min_n, max_n = cfg.min_seconds * SAMPLING_RATE, cfg.max_seconds * SAMPLING_RATE
-    manifests: dict[str, list[dict]] = {s: [] for s in SPLITS}
+    entries: dict[str, list[dict]] = {s: [] for s in SPLITS}
     for row, audio, (reason, n, detail) in zip(to_probe, audio_paths, results):
         if reason is None and n < min_n:
             reason, detail = "too_short", f"{n / SAMPLING_RATE:.2f} s < {cfg.min_seconds} s"
@@ -237,42 +248,112 @@ def prepare_covost2(cfg: PrepareConfig) -> dict:
         if reason is not None:
             skip(row, reason, detail)
             continue
-        counts[row.lang][row.split]["kept"] += 1
-        manifests[row.split].append({
+        counts[row.split]["kept"] += 1
+        entries[row.split].append({
             "id": row.id, "audio": audio, "n_samples": n, "duration": f"{n / SAMPLING_RATE:.3f}",
             "src_lang": row.lang, "tgt_lang": TARGET_LANG, "transcript": row.transcript,
             "translation": row.translation,
         })
+    return {"entries": entries, "counts": {s: dict(c) for s, c in counts.items()}, "skipped": skipped}
 
+
+class _Progress:
+    """Finished languages of an interrupted run: ``<out>/prepare_progress/<lang>.json``, each written
+    atomically with a fingerprint of what produced it (settings, the language's TSVs). A rerun reuses a
+    language only when its fingerprint still matches."""
+
+    def __init__(self, cfg: PrepareConfig):
+        self.cfg = cfg
+        self.dir = os.path.join(cfg.out, "prepare_progress")
+
+    def _fingerprint(self, lang: str) -> dict:
+        files = covost_files(self.cfg.covost_root, lang)
+        tsvs = [files] if isinstance(files, str) else list(files.values())
+        validated = os.path.join(self.cfg.cv_root, lang, "validated.tsv")
+        stats = {p: [os.path.getsize(p), os.path.getmtime(p)] for p in [*tsvs, validated] if os.path.isfile(p)}
+        c = self.cfg
+        return {"cv_root": os.path.abspath(c.cv_root), "covost_root": os.path.abspath(c.covost_root),
+                "max_seconds": c.max_seconds, "min_seconds": c.min_seconds, "full_decode": c.full_decode,
+                "files": stats}
+
+    def load(self, lang: str) -> dict | None:
+        path = os.path.join(self.dir, f"{lang}.json")
+        if not os.path.isfile(path):
+            return None
+        try:
+            with open(path, encoding="utf-8") as f:
+                saved = json.load(f)
+        except (OSError, json.JSONDecodeError):
+            return None
+        return saved["result"] if saved.get("fingerprint") == self._fingerprint(lang) else None
+
+    def save(self, lang: str, result: dict) -> None:
+        os.makedirs(self.dir, exist_ok=True)
+        path = os.path.join(self.dir, f"{lang}.json")
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            json.dump({"fingerprint": self._fingerprint(lang), "result": result}, f, ensure_ascii=False)
+        os.replace(path + ".tmp", path)
+
+
+def prepare_covost2(cfg: PrepareConfig) -> dict:
+    """Validate and write manifests + report (see module doc), one language at a time: after each,
+    its results are saved (a rerun after an interruption skips it) and ``prepare_report.json`` is
+    rewritten (``complete`` false until the end). Returns the final report dict."""
+    langs = list(cfg.langs) or available_langs(cfg.covost_root)
+    if not langs:
+        raise DataError(f"{cfg.covost_root}: no covost_v2.<lang>_en*.tsv files found")
     os.makedirs(cfg.out, exist_ok=True)
+    progress = _Progress(cfg)
+    probe = _Prober(cfg.num_workers or os.cpu_count() or 1)
+    done: dict[str, dict] = {}
+    try:
+        for lang in langs:
+            result = progress.load(lang)
+            if result is None:
+                result = _prepare_language(cfg, lang, probe)
+                progress.save(lang, result)
+            else:
+                log.info("%s: already prepared by an earlier run (%s), not redone", lang, progress.dir)
+            done[lang] = result
+            _write_report(cfg, langs, done)
+    finally:
+        probe.close()
+    manifests = {s: [e for lang in langs for e in done[lang]["entries"][s]] for s in SPLITS}
     for split, entries in manifests.items():
         write_manifest(os.path.join(cfg.out, f"{split}.tsv"), entries)
-    report = _report(cfg, langs, counts, manifests, skipped)
-    with open(os.path.join(cfg.out, "prepare_report.json"), "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=1, ensure_ascii=False)
+    report = _write_report(cfg, langs, done)
     print(format_report(report))
     return report
 
 
-def _report(cfg, langs, counts, manifests, skipped) -> dict:
+def _write_report(cfg: PrepareConfig, langs: list[str], done: dict[str, dict]) -> dict:
+    """The report over the languages done so far, written to ``<out>/prepare_report.json``."""
     per_lang = {}
-    for lang in langs:
+    for lang, result in done.items():
         per_lang[lang] = {}
         for split in SPLITS:
-            c = counts[lang][split]
-            hours = sum(e["n_samples"] for e in manifests[split] if e["src_lang"] == lang) / SAMPLING_RATE / 3600
-            per_lang[lang][split] = {"kept": c["kept"], "kept_hours": round(hours, 4),
-                                     "skipped": {r: c[r] for r in REASONS if c[r]}}
+            c = result["counts"][split]
+            hours = sum(e["n_samples"] for e in result["entries"][split]) / SAMPLING_RATE / 3600
+            per_lang[lang][split] = {"kept": c.get("kept", 0), "kept_hours": round(hours, 4),
+                                     "skipped": {r: c[r] for r in REASONS if c.get(r)}}
+    skipped = [s for result in done.values() for s in result["skipped"]]
     totals = Counter(s["reason"] for s in skipped)
-    return {
+    report = {
         "config": {"cv_root": os.path.abspath(cfg.cv_root), "covost_root": os.path.abspath(cfg.covost_root),
                    "max_seconds": cfg.max_seconds, "min_seconds": cfg.min_seconds,
                    "full_decode": cfg.full_decode},
-        "kept": {s: len(manifests[s]) for s in SPLITS},
+        "complete": len(done) == len(langs),
+        "pending": [lang for lang in langs if lang not in done],
+        "kept": {s: sum(len(r["entries"][s]) for r in done.values()) for s in SPLITS},
         "skipped_total": {r: totals[r] for r in REASONS if totals[r]},
         "languages": per_lang,
         "skipped": skipped,
     }
+    path = os.path.join(cfg.out, "prepare_report.json")
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=1, ensure_ascii=False)
+    os.replace(path + ".tmp", path)
+    return report
 
 
 def format_report(report: dict) -> str:

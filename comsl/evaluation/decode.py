@@ -5,6 +5,11 @@ padded audio (batch size x longest utterance) stays under ``batch_seconds``; hyp
 the input order. The model is in eval mode and beam search does no sampling, so the same checkpoint,
 data and settings give the same hypotheses. ASR batches hold one language each (the forced first
 token is the source-language code, one per ``generate`` call); ST batches mix languages.
+
+Under ``torch.distributed`` (e.g. dev BLEU inside a multi-rank training run) every rank decodes its own
+share of the batches and all get every hypothesis. The ranks decode in lock-step (:class:`LockStep`):
+ZeRO-3 gathers each module's parameters inside its forward, so a rank that has run out of batches, or
+whose sentences finished first, keeps running the same forwards on a stand-in until all agree to stop.
 """
 
 from __future__ import annotations
@@ -13,10 +18,11 @@ import logging
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 from comsl.data.audio import SAMPLING_RATE
@@ -129,6 +135,46 @@ def read_utterances(path: str | os.PathLike, langs: Iterable[str] | None = None)
     return out
 
 
+class LockStep:
+    """The ranks of the default process group decoding together: each takes every ``world_size``-th
+    batch; ``self(done)`` (one all-reduce) is True once every rank says it is done."""
+
+    def __init__(self, device: torch.device):
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        self.device = device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+    @classmethod
+    def current(cls, device: torch.device) -> "LockStep | None":
+        """A LockStep when more than one process takes part, else None (decode alone)."""
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            return cls(device)
+        return None
+
+    def __call__(self, done: bool) -> bool:
+        flag = torch.tensor([1 if done else 0], dtype=torch.int32, device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
+
+    def idle(self, _done: bool) -> bool:
+        """``sync`` for a stand-in batch: this rank is done from the start."""
+        return self(True)
+
+    def rounds(self, batches: Sequence[list[int]]) -> Iterator[list[int] | None]:
+        """This rank's batches, then None (run a stand-in) until the rank with the most is through."""
+        mine = batches[self.rank:: self.world_size]
+        for r in range(-(-len(batches) // self.world_size)):
+            yield mine[r] if r < len(mine) else None
+
+    def merge(self, hyps: dict[int, str]) -> dict[int, str]:
+        """Every rank's ``{index: hypothesis}`` together."""
+        return {i: text for share in self.gather(hyps) for i, text in share.items()}
+
+    def gather(self, obj: Any) -> list[Any]:
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+
 class Decoder:
     """Beam decoding with one ComSL model and its processor. Construction does no I/O.
 
@@ -142,7 +188,8 @@ class Decoder:
         self.config = config
         if config.device is not None:
             model = model.to(torch.device(config.device))
-        self.device = next(model.parameters()).device
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype  # 16 bit under DeepSpeed bf16/fp16
         self.model = model.eval()
         if not isinstance(processor, ComSLProcessor):
             processor = ComSLProcessor.for_model(model.config, processor)
@@ -200,36 +247,45 @@ class Decoder:
         return dict(num_beams=cfg.beam, max_new_tokens=cfg.max_new_tokens, length_penalty=cfg.length_penalty)
 
     @torch.no_grad()
-    def decode_waveforms(self, waves: Sequence[np.ndarray], src_langs: Sequence[str]) -> list[str]:
+    def decode_waveforms(self, waves: Sequence[np.ndarray], src_langs: Sequence[str], sync=None) -> list[str]:
         """One batch: waveforms (each (S_i,), 16 kHz) and their CoVoST source codes -> hypotheses.
 
-        ASR needs one source language per call (it is the forced first token).
+        ASR needs one source language per call (it is the forced first token). ``sync``: see
+        ``comsl.models.beam_search``.
         """
         task, proc = self.config.task, self.processor
         if task == "asr" and len(set(src_langs)) > 1:
             raise ComSLError(f"ASR batch mixes languages {sorted(set(src_langs))}; decode one language per batch")
         speech, speech_mask = proc.features(waves, self.device)
+        speech = speech.to(self.dtype)
         src_ids = torch.tensor([proc.lang_id(l) for l in src_langs], dtype=torch.long, device=self.device)
         tgt = proc.lang_id(src_langs[0]) if task == "asr" else proc.lang_id(TARGET_CODE)
-        return proc.decode(self.model.generate_speech(speech, speech_mask, src_ids, tgt, **self._generate_kwargs()))
+        return proc.decode(self.model.generate_speech(speech, speech_mask, src_ids, tgt, sync=sync,
+                                                      **self._generate_kwargs()))
 
     @torch.no_grad()
     def translate_texts(self, texts: Sequence[str], src_langs: Sequence[str]) -> list[str]:
         """MT: source-language texts (CoVoST codes ``src_langs``) -> English, in their order; longest
-        first in batches of ``max_batch_size``."""
+        first in batches of ``max_batch_size`` (shared by the ranks in lock-step, see the module doc)."""
         from comsl.data.batching import pad_ids
 
         proc = self.processor
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-        hyps = [""] * len(texts)
-        for start in range(0, len(order), self.config.max_batch_size):
-            idx = order[start: start + self.config.max_batch_size]
-            ids, mask = pad_ids(proc.encode([texts[i] for i in idx], [src_langs[i] for i in idx]), proc.pad_token_id)
+        step = self.config.max_batch_size
+        batches = [order[start: start + step] for start in range(0, len(order), step)]
+        sync = LockStep.current(self.device)
+        hyps: dict[int, str] = {}
+        for idx in (batches if sync is None else sync.rounds(batches)):
+            # a rank without a batch keeps pace on a stand-in (an empty source sentence)
+            pairs = [(texts[i], src_langs[i]) for i in idx] if idx else [("", src_langs[0])]
+            ids, mask = pad_ids(proc.encode([t for t, _ in pairs], [l for _, l in pairs]), proc.pad_token_id)
             out = self.model.generate_text(ids.to(self.device), mask.to(self.device), proc.lang_id(TARGET_CODE),
+                                           sync=None if sync is None else (sync if idx else sync.idle),
                                            **self._generate_kwargs())
-            for i, text in zip(idx, proc.decode(out)):
-                hyps[i] = text
-        return hyps
+            hyps.update(zip(idx or (), proc.decode(out)))
+        if sync is not None:
+            hyps = sync.merge(hyps)
+        return [hyps[i] for i in range(len(texts))]
 
     def decode(
         self, utts: Sequence[Utterance], progress: bool = True, audio: Sequence[np.ndarray] | None = None
@@ -243,24 +299,33 @@ class Decoder:
         batches = longest_first_batches([u.duration * FRAMES_PER_SECOND for u in utts],
                                         max_frames=cfg.batch_seconds * FRAMES_PER_SECOND,
                                         max_batch_size=cfg.max_batch_size, keys=keys)
-        hyps: list[str] = [""] * len(utts)
+        sync = LockStep.current(self.device)
+        hyps: dict[int, str] = {}
         bar = tqdm(total=len(utts), desc=f"decoding ({cfg.task}, beam {cfg.beam})", unit="utt",
                    disable=not progress)
-        for batch in batches:
-            loaded = [(i, self._load(utts[i]) if audio is None else audio[i][: self.max_samples]) for i in batch]
+        for batch in (batches if sync is None else sync.rounds(batches)):
+            loaded = [(i, self._load(utts[i]) if audio is None else audio[i][: self.max_samples])
+                      for i in batch or ()]
             loaded = [(i, w) for i, w in loaded if w is not None]
             if loaded:
-                texts = self.decode_waveforms([w for _, w in loaded], [utts[i].src_lang for i, _ in loaded])
-                for (i, _), text in zip(loaded, texts):
-                    hyps[i] = text
-            bar.update(len(batch))
+                texts = self.decode_waveforms([w for _, w in loaded], [utts[i].src_lang for i, _ in loaded], sync)
+                hyps.update((i, text) for (i, _), text in zip(loaded, texts))
+            elif sync is not None:  # keep pace with the ranks that still decode
+                stand_in = np.zeros(SAMPLING_RATE // 2, dtype=np.float32)
+                self.decode_waveforms([stand_in], [utts[0].src_lang], sync.idle)
+            bar.update(len(batch or ()))
         bar.close()
+        if sync is not None:
+            hyps = sync.merge(hyps)
+            failures = sync.gather((self.failed, self.truncated))
+            self.failed = [u for failed, _ in failures for u in failed]
+            self.truncated = [u for _, truncated in failures for u in truncated]
         if len(self.failed) > cfg.max_failure_rate * len(utts):
             raise DataError(
                 f"{len(self.failed)} of {len(utts)} audio files could not be decoded (limit "
                 f"{cfg.max_failure_rate:.0%}), e.g. {', '.join(self.failed[:5])}; fix or re-prepare the data"
             )
-        return hyps
+        return [hyps.get(i, "") for i in range(len(utts))]
 
 
 def file_utterances(paths: Sequence[str | os.PathLike], src_lang: str) -> list[Utterance]:

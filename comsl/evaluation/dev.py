@@ -1,7 +1,9 @@
 """Dev BLEU during training: the trainer's ``evaluate_fn(model) -> {"bleu": {lang: x}, "avg": x}``.
 
 Scored exactly like ``comsl evaluate`` (corpus sacreBLEU on raw references, Avg over languages) on a
-fixed, deterministic subset of a manifest, with audio loaded once up front.
+fixed, deterministic subset of a manifest, with audio loaded once up front. Called on every rank of a
+distributed run: the ranks share the decoding in lock-step (``comsl.evaluation.decode.LockStep``, needed
+under ZeRO-3) and all return the same scores.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ logits are the same numbers. It is faster because it does less work, not differe
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -147,6 +148,7 @@ def beam_search(
     num_beams: int = 5,
     max_new_tokens: int = 128,
     length_penalty: float = 1.0,
+    sync: Callable[[bool], bool] | None = None,
 ) -> torch.Tensor:
     """Beam search with early stopping over encoder states.
 
@@ -155,6 +157,10 @@ def beam_search(
     Returns (B, 1 + L) token ids ``[decoder_start, forced_bos, ..., </s>, pad..]``: for each sentence the
     best finished hypothesis, right-padded (with ``pad_id``, or ``eos_id`` when the pad id is 0 or None,
     as ``generate`` does) to the longest; L <= max_new_tokens.
+    ``sync(done) -> all_done``: lock-step decoding across ranks (ZeRO-3 gathers parameters inside
+    every module's forward, so all ranks must run the same forwards). Called on every rank once per step
+    with whether this rank's sentences are all finished; decoding stops when it returns True. Until then a
+    finished rank keeps stepping its last sentence (output discarded) through the same modules.
     Raises ValueError for num_beams < 1 or max_new_tokens < 1.
     """
     if num_beams < 1 or max_new_tokens < 1:
@@ -168,6 +174,7 @@ def beam_search(
     enc_mask = encoder_mask.repeat_interleave(k, dim=0)  # as generate passes it: token-identical
     cache = EncoderDecoderCache(DynamicCache(config=text_model.config), DynamicCache(config=text_model.config))
     tokens = s.seqs[:, :, 0].reshape(-1, 1)
+    idle = False  # this rank is done and only keeps pace with the others (sync)
     for cur_len in range(1, max_length):
         hidden = decoder(input_ids=tokens, encoder_hidden_states=enc, encoder_attention_mask=enc_mask,
                          cache=cache, use_cache=True).last_hidden_state[:, -1]
@@ -176,12 +183,14 @@ def beam_search(
             forced = forced_eos_id
         _advance(s, _next_log_probs(text_model, hidden, forced), cur_len, max_length, eos_id, length_penalty)
         done = s.fin_flag.all(dim=-1) | ~s.can_improve[:, 0] if cur_len + 1 < max_length else None
-        if done is None or done.any():  # finished sentences leave the batch and both caches
+        if (done is None or done.any()) and not idle:  # finished sentences leave the batch and both caches
             done = torch.ones_like(s.can_improve[:, 0]) if done is None else done
             best[s.active[done]], best_len[s.active[done]] = s.fin_seqs[done, 0], s.fin_len[done, 0]
             keep = (~done).nonzero()[:, 0]
             if keep.numel() == 0:
-                break
+                if sync is None:
+                    break
+                idle, keep = True, keep.new_zeros(1)
             s.keep(keep)
             rows = (keep[:, None] * k + torch.arange(k, device=device)).reshape(-1)
             enc, enc_mask = enc[rows], enc_mask[rows]
@@ -189,6 +198,8 @@ def beam_search(
             row_base = keep * k
         else:
             row_base = torch.arange(s.active.shape[0], device=device) * k
+        if sync is not None and sync(idle):
+            break
         # one gather both drops finished sentences and follows each kept beam to its parent
         cache.self_attention_cache.reorder_cache((row_base[:, None] + s.src_beam).reshape(-1))
         tokens = s.seqs[:, :, cur_len].reshape(-1, 1)

@@ -262,7 +262,7 @@ class ComSLModel(PreTrainedModel):
 
     def _generate(self, encoder_hidden, encoder_mask, tgt_lang_id: int, num_beams: int,
                   max_new_tokens: int, length_penalty: float, use_hf_generate: bool = False,
-                  **kwargs) -> torch.Tensor:
+                  sync=None, **kwargs) -> torch.Tensor:
         tc = self.config.text_config
         start = decoder_start_id(tc)
         gen_cfg = self.text_model.generation_config
@@ -272,7 +272,7 @@ class ComSLModel(PreTrainedModel):
                 self.text_model, encoder_hidden, encoder_mask, decoder_start_id=start,
                 forced_bos_id=int(tgt_lang_id), eos_id=tc.eos_token_id, pad_id=tc.pad_token_id,
                 forced_eos_id=gen_cfg.forced_eos_token_id, num_beams=num_beams,
-                max_new_tokens=max_new_tokens, length_penalty=length_penalty,
+                max_new_tokens=max_new_tokens, length_penalty=length_penalty, sync=sync,
             )
         # one generation config (copied, so the model's stays as saved) rather than config + kwargs;
         # max_length off so max_new_tokens alone bounds the length
@@ -286,31 +286,35 @@ class ComSLModel(PreTrainedModel):
         if unknown:
             raise TypeError(f"not generation settings: {', '.join(sorted(unknown))}")
         return self.text_model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=encoder_hidden),
-                                        attention_mask=encoder_mask, generation_config=gen_cfg)
+                                        attention_mask=encoder_mask, generation_config=gen_cfg,
+                                        synced_gpus=sync is not None)
 
     @torch.no_grad()
     def generate_speech(self, speech: torch.Tensor, speech_mask: torch.Tensor, src_lang_ids: torch.Tensor,
                         tgt_lang_id: int, num_beams: int = 5, max_new_tokens: int = 128,
-                        length_penalty: float = 1.0, use_hf_generate: bool = False, **kwargs) -> torch.Tensor:
+                        length_penalty: float = 1.0, use_hf_generate: bool = False, sync=None,
+                        **kwargs) -> torch.Tensor:
         """Beam search from speech: returns token ids (B, L) starting ``[</s>, tgt_lang, ...]``.
 
         ``tgt_lang_id`` = ``en_XX`` for ST, the source-language code for ASR. Decoding uses
         ``comsl.models.beam_search`` (token-identical to transformers' ``generate``, faster);
         ``use_hf_generate=True`` or extra ``generate`` keyword arguments use transformers' ``generate``.
+        ``sync``: lock-step decoding across ranks (ZeRO-3), see ``beam_search``.
         """
         embeds, mask = self.speech_inputs_embeds(self.encode_speech(speech, speech_mask), src_lang_ids)
         enc = self.encode_embeds(embeds, mask)
         return self._generate(enc.last_hidden_state, mask, tgt_lang_id, num_beams, max_new_tokens,
-                              length_penalty, use_hf_generate, **kwargs)
+                              length_penalty, use_hf_generate, sync, **kwargs)
 
     @torch.no_grad()
     def generate_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, tgt_lang_id: int,
                       num_beams: int = 5, max_new_tokens: int = 128, length_penalty: float = 1.0,
-                      use_hf_generate: bool = False, **kwargs) -> torch.Tensor:
-        """Beam search from text ``[src_lang, x.., </s>]`` (B, L) (MT); decoder as in ``generate_speech``."""
+                      use_hf_generate: bool = False, sync=None, **kwargs) -> torch.Tensor:
+        """Beam search from text ``[src_lang, x.., </s>]`` (B, L) (MT); decoder and ``sync`` as in
+        ``generate_speech``."""
         enc = self.encode_text(input_ids, attention_mask)
         return self._generate(enc.last_hidden_state, attention_mask, tgt_lang_id, num_beams,
-                              max_new_tokens, length_penalty, use_hf_generate, **kwargs)
+                              max_new_tokens, length_penalty, use_hf_generate, sync, **kwargs)
 
 
 AutoConfig.register("comsl", ComSLConfig)

@@ -82,7 +82,8 @@ class WhisperSpeechEncoder(nn.Module):
         x = x.transpose(1, 2)
         out_mask = (torch.arange(x.shape[1], device=x.device)[None, :]
                     < self.output_lengths(mask.sum(-1))[:, None]).long()
-        x = x + enc.embed_positions.weight[: x.shape[1]]
+        # the table's first T rows, through the module's forward (not .weight) so ZeRO-3 gathers it
+        x = x + enc.embed_positions(torch.arange(x.shape[1], device=x.device))
         x = nn.functional.dropout(x, p=enc.dropout, training=self.training)
         bias = None if bool(out_mask.all()) else padding_bias(out_mask, x.dtype)  # no padding: fused SDPA
         for layer in enc.layers:

@@ -426,6 +426,13 @@ class DeepSpeedEngine(Engine):
         if not (ckpt_dir / DEEPSPEED_TAG).is_dir():
             raise CheckpointError(f"{ckpt_dir}: no {DEEPSPEED_TAG}/ directory (written by the torch engine? "
                                   "resume with the engine that wrote it)")
+        # ZeRO partitions the optimizer state (and at stage 3 the weights) by rank: one file per rank
+        saved = len(list((ckpt_dir / DEEPSPEED_TAG).glob("zero_pp_rank_*_mp_rank_00_optim_states.pt")))
+        if saved and saved != self.world_size:
+            raise CheckpointError(
+                f"{ckpt_dir}: written by {saved} ranks under ZeRO (optimizer state partitioned by rank), this "
+                f"run has {self.world_size}; resume with {saved} processes (torchrun --nproc_per_node {saved} "
+                f"-m comsl.cli train ..., or deepspeed --num_gpus {saved} ...)")
         path, _ = self.ds.load_checkpoint(str(ckpt_dir), tag=DEEPSPEED_TAG, load_optimizer_states=True,
                                           load_lr_scheduler_states=False, load_module_strict=True)
         if path is None:

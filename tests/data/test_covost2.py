@@ -156,3 +156,63 @@ def test_relative_manifest_audio_paths_are_relative_to_the_manifest(tmp_path, mo
                                                          translation="a")])
     monkeypatch.chdir(tmp_path)
     assert read_manifest("data/train.tsv")[0]["audio"] == str(tmp_path / "data" / "clips" / "u.wav")
+
+
+def _outputs(out):
+    files = {name: (out / name).read_text() for name in ("train.tsv", "dev.tsv", "test.tsv")}
+    return files, json.loads((out / "prepare_report.json").read_text())
+
+
+def test_one_and_two_worker_processes_give_identical_results(corpus):
+    results = []
+    for workers in (1, 2):
+        prepare_covost2(PrepareConfig(cv_root=str(corpus / "cv"), covost_root=str(corpus),
+                                      out=str(corpus / f"out{workers}"), num_workers=workers))
+        results.append(_outputs(corpus / f"out{workers}"))
+    assert results[0] == results[1]
+    assert results[0][1]["complete"] and results[0][1]["kept"] == {"train": 5, "dev": 2, "test": 2}
+
+
+def test_interrupted_run_resumes_without_redoing_finished_languages(corpus, monkeypatch):
+    import comsl.data.covost2 as covost2
+
+    probed: list[str] = []
+    real_probe, real_read = covost2.probe_clip, covost2.read_covost_rows
+    failures = {"de": 1}
+
+    def probe(path, full_decode=True):
+        probed.append(path)
+        return real_probe(path, full_decode)
+
+    def read_rows(covost_root, cv_root, lang):
+        if failures.get(lang):
+            failures[lang] -= 1
+            raise OSError(f"simulated interruption while reading {lang}")
+        return real_read(covost_root, cv_root, lang)
+
+    monkeypatch.setattr(covost2, "probe_clip", probe)
+    monkeypatch.setattr(covost2, "read_covost_rows", read_rows)
+    cfg = PrepareConfig(cv_root=str(corpus / "cv"), covost_root=str(corpus), out=str(corpus / "out"),
+                        langs=["fr", "de"], num_workers=1)
+    with pytest.raises(OSError, match="simulated interruption"):
+        prepare_covost2(cfg)
+    partial = json.loads((corpus / "out" / "prepare_report.json").read_text())  # written as it went
+    assert not partial["complete"] and partial["pending"] == ["de"] and list(partial["languages"]) == ["fr"]
+    assert partial["kept"] == {"train": 3, "dev": 1, "test": 1}
+    fr_probes = len(probed)
+    assert fr_probes and all("/fr/" in p for p in probed)
+
+    probed.clear()
+    prepare_covost2(cfg)  # the rerun: fr comes from the saved progress, only de is decoded
+    assert probed and all("/de/" in p for p in probed)
+
+    probed.clear()
+    prepare_covost2(PrepareConfig(cv_root=str(corpus / "cv"), covost_root=str(corpus), out=str(corpus / "fresh"),
+                                  langs=["fr", "de"], num_workers=1))
+    assert _outputs(corpus / "out") == _outputs(corpus / "fresh")  # same as an uninterrupted run
+    assert len(probed) == fr_probes + 4
+
+    probed.clear()  # other settings: the saved languages do not apply and are redone
+    prepare_covost2(PrepareConfig(cv_root=str(corpus / "cv"), covost_root=str(corpus), out=str(corpus / "out"),
+                                  langs=["fr", "de"], num_workers=1, max_seconds=2.5))
+    assert len(probed) == fr_probes + 4
