@@ -427,7 +427,7 @@ class DeepSpeedEngine(Engine):
             raise CheckpointError(f"{ckpt_dir}: no {DEEPSPEED_TAG}/ directory (written by the torch engine? "
                                   "resume with the engine that wrote it)")
         # ZeRO partitions the optimizer state (and at stage 3 the weights) by rank: one file per rank
-        saved = len(list((ckpt_dir / DEEPSPEED_TAG).glob("zero_pp_rank_*_mp_rank_00_optim_states.pt")))
+        saved = len(list((ckpt_dir / DEEPSPEED_TAG).glob("*zero_pp_rank_*_mp_rank_00_optim_states.pt")))
         if saved and saved != self.world_size:
             raise CheckpointError(
                 f"{ckpt_dir}: written by {saved} ranks under ZeRO (optimizer state partitioned by rank), this "

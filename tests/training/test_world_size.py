@@ -6,8 +6,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.training.test_engine import SCRIPT, run_script
-from tests.training.tiny_task import clean_env
+from tests.training import tiny_task
+from tests.training.tiny_task import clean_env, run_script
 
 
 def test_two_rank_zero2_checkpoint_on_one_rank_is_refused_with_how_to_resume(tmp_path):
@@ -15,7 +15,7 @@ def test_two_rank_zero2_checkpoint_on_one_rank_is_refused_with_how_to_resume(tmp
     zero2 = ("--engine", "deepspeed", "--zero-stage", "2")
     assert run_script(out, "--stop-after", "2", "--save-every", "2", *zero2, torchrun=True) == {
         "step": 2, "resumed_from": None}
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out), *zero2], env=clean_env(),
+    proc = subprocess.run([sys.executable, tiny_task.__file__, "--out", str(out), *zero2], env=clean_env(),
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert "step_2: written by 2 ranks under ZeRO" in proc.stderr and "this run has 1" in proc.stderr
