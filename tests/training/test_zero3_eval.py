@@ -54,15 +54,19 @@ def _rank(rank: int, port: str, model_dir: str, out_dir: str) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=port)
     torch.set_num_threads(1)
-    from comsl.config import OptimConfig, TrainConfig
+    from comsl.config import ObjectiveConfig, OptimConfig, TrainConfig
     from comsl.data.tokenizer import load_tokenizer
+    from comsl.objectives import ComSLMultiTaskLoss
     from comsl.models.composite import ComSLModel
     from comsl.training.engine import DeepSpeedEngine
 
     tokenizer = load_tokenizer(model_dir)
     model = ComSLModel.from_pretrained(model_dir)
     ds_json = os.path.join(out_dir, "zero3.json")
-    engine = DeepSpeedEngine(model, lambda m, batch, step: (m(**batch).loss, {}), [{"params": list(model.parameters())}],
+    st_only = ComSLMultiTaskLoss(ObjectiveConfig(w_asr=0.0, w_st=1.0, w_mt=0.0, w_cml=0.0, lambda_st=0.0),
+                                 mask_token_id=tokenizer.mask_token_id, eos_token_id=tokenizer.eos_token_id,
+                                 pad_token_id=tokenizer.pad_token_id)
+    engine = DeepSpeedEngine(model, st_only, [{"params": list(model.parameters())}],
                              optim=OptimConfig(), train=TrainConfig(engine="deepspeed", deepspeed_config=ds_json))
     assert engine.zero_stage == 3 and all(p.numel() == 0 for p in model.parameters())  # partitioned
     decoded: list[int] = []
@@ -92,9 +96,11 @@ def _train_step_and_export(engine, model, tokenizer, out_dir: str) -> None:
     proc = Decoder(model, tokenizer, DECODE).processor
     speech, mask = proc.features(audio[:1])
     target = torch.tensor(proc.encode([utts[0].translation], ["en"]))
+    source = torch.tensor(proc.encode([utts[0].transcript], ["fr"]))
     batch = dict(speech=speech, speech_mask=mask, src_lang_ids=torch.tensor([proc.lang_id("fr")]),
-                 target_ids=target, target_mask=torch.ones_like(target))
-    loss, _ = engine.forward(batch, 0, True)
+                 translation_ids=target, translation_mask=torch.ones_like(target),
+                 transcript_ids=source, transcript_mask=torch.ones_like(source))
+    loss, _ = engine.forward(batch, True)
     engine.backward(loss)
     engine.save(Path(out_dir) / "ckpt")
     with engine.gathered_params():
