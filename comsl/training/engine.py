@@ -181,7 +181,7 @@ class Engine:
     def forward(self, batch: Any, last_micro: bool): ...
     def backward(self, loss: torch.Tensor) -> None: ...
     def discard(self) -> None: ...
-    def step(self) -> None: ...
+    def step(self) -> bool: ...  # False: the update was skipped (non-finite gradient)
     def save(self, ckpt_dir: Path) -> None: ...
     def load(self, ckpt_dir: Path) -> None: ...
     def extra_state(self) -> dict: return {}
@@ -247,13 +247,18 @@ class TorchEngine(Engine):
     def step(self):
         # Frozen parts (training/freezing.py) arrive without gradient and with LR 0, as under DeepSpeed.
         self.scaler.unscale_(self.optimizer)
-        if self.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(
-                [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None],
-                self.max_grad_norm)
+        norm = torch.nn.utils.clip_grad_norm_(
+            [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None],
+            self.max_grad_norm if self.max_grad_norm > 0 else float("inf"))
+        # A finite loss can still give a NaN/inf gradient: skip the update on every rank, like a NaN loss.
+        # (fp16 leaves overflow to the loss scaler, which skips the step and lowers the scale.)
+        if self.precision != "fp16" and self.any_rank(not bool(torch.isfinite(norm))):
+            self.optimizer.zero_grad(set_to_none=True)
+            return False
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        return True
 
     def save(self, ckpt_dir):
         # Replicated state: rank 0 writes it.
@@ -383,7 +388,7 @@ class DeepSpeedEngine(Engine):
         self.ds.step()
 
     def step(self):
-        pass  # DeepSpeed stepped inside backward() on the boundary micro-batch
+        return True  # DeepSpeed stepped inside backward() on the boundary micro-batch
 
     @contextlib.contextmanager
     def gathered_params(self, fp32=False):

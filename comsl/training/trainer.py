@@ -496,7 +496,8 @@ class Trainer:
             for name, value in {"total": total, **parts}.items():
                 v = value.detach().float()
                 sums[name] = sums[name] + v if name in sums else v
-        e.step()
+        if e.step() is False:  # a non-finite gradient norm: skipped like a non-finite loss
+            return None
         return {f"loss/{k}": float(v) / finite_micro for k, v in sums.items()}
 
     def _log_record(self, window: dict[str, list], steps: int, utts: int, seconds: float) -> dict:

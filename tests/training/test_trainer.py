@@ -71,9 +71,11 @@ def test_failed_save_keeps_previous_checkpoint_and_resume_uses_it(tmp_path, monk
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
-def test_nonfinite_step_leaves_parameters_and_optimizer_untouched(tmp_path):
+@pytest.mark.parametrize("where", ["loss", "gradient"])
+def test_nonfinite_step_leaves_parameters_and_optimizer_untouched(tmp_path, where):
     out = tmp_path / "run"
-    task = make_task(nan_steps={2})
+    # a NaN loss, or a finite loss whose gradient is NaN (issue 17.5: skipped alike)
+    task = make_task(nan_steps={2}) if where == "loss" else make_task(nan_grad_steps={2})
     _, res = fit(out, task=task, max_steps=4, save_every=1, keep_last=10)
     assert res.nonfinite_skipped == 1
     root = out / "checkpoints"

@@ -79,11 +79,14 @@ class TinyModel(nn.Module):
 
 
 class TinyLoss:
-    """Cross-entropy plus a small logit penalty; NaN on the calls in ``nan_steps`` (one call per step of
-    a run with grad_accum=1 that does not resume); records batch ids."""
+    """Cross-entropy plus a small logit penalty; NaN on the calls in ``nan_steps``, a finite loss with a NaN
+    gradient on the calls in ``nan_grad_steps`` (one call per step of a run with grad_accum=1 that does
+    not resume); records batch ids."""
 
-    def __init__(self, nan_steps: set[int] | None = None, record: Path | None = None):
+    def __init__(self, nan_steps: set[int] | None = None, record: Path | None = None,
+                 nan_grad_steps: set[int] | None = None):
         self.nan_steps = nan_steps or set()
+        self.nan_grad_steps = nan_grad_steps or set()
         self.record = record
         self.logit_dtypes: set[torch.dtype] = set()  # what the engine's forward ran in
         self.calls = 0
@@ -97,6 +100,8 @@ class TinyLoss:
         total = ce + aux
         if step in self.nan_steps:
             total = total * float("nan")
+        if step in self.nan_grad_steps:  # adds exactly 0, but d sqrt(u)/du at u = 0 is inf: NaN gradients
+            total = total + torch.sqrt(0.0 * logits.float().sum())
         if self.record is not None:
             with self.record.open("a") as f:
                 f.write(json.dumps({"ids": batch["ids"]}) + "\n")
@@ -144,7 +149,7 @@ def collate(examples: list[dict]) -> dict:
 
 
 def make_task(*, seed: int = 1, hidden: int = HIDDEN, nan_steps=None, record: Path | None = None,
-              evaluate: bool = False) -> TrainTask:
+              evaluate: bool = False, nan_grad_steps=None) -> TrainTask:
     torch.manual_seed(seed)
     model = TinyModel(hidden=hidden)
     rank, world, _ = dist_info()
@@ -157,7 +162,7 @@ def make_task(*, seed: int = 1, hidden: int = HIDDEN, nan_steps=None, record: Pa
         acc = float((m(xs.to(next(m.parameters()).dtype)).argmax(-1) == ys).float().mean() * 100)
         return {"bleu": {"fr": acc}, "avg": acc}
 
-    return TrainTask(model=model, loss_fn=TinyLoss(nan_steps, record), dataset=dataset,
+    return TrainTask(model=model, loss_fn=TinyLoss(nan_steps, record, nan_grad_steps), dataset=dataset,
                      sampler=TinySampler(len(dataset), seed, rank, world), collate_fn=collate,
                      evaluate_fn=evaluate_fn if evaluate else None)
 
