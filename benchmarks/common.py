@@ -179,19 +179,18 @@ PASSES = [("encode_speech", "speech encoder + adapter"), ("encode_embeds", "text
           ("decode_hidden", "decoder passes"), ("lm_logits", "LM head (scored positions)")]
 
 
-def breakdown(model, loss, opt, batches: list[dict]) -> dict[str, float]:
-    """CPU seconds of training steps on ``batches`` (summed): forward and its parts (cProfile on the
-    process CPU clock), backward, optimizer."""
+def breakdown(trainer, batches: list[dict]) -> dict[str, float]:
+    """CPU seconds of ``trainer``'s (train_step.Trainer) steps on ``batches`` (summed): forward and its parts
+    (cProfile on the process CPU clock), backward, optimizer."""
     out = dict.fromkeys(["forward"] + [label for _, label in PASSES] + ["backward", "optimizer", "step"], 0.0)
     for batch in batches:
-        opt.zero_grad(set_to_none=True)
         prof = cProfile.Profile(time.process_time)
         t0 = time.process_time()
-        total, _ = prof.runcall(loss, model, batch)
+        total, _ = prof.runcall(trainer.forward, batch)
         t1 = time.process_time()
-        total.backward()
+        trainer.backward(total)
         t2 = time.process_time()
-        opt.step()
+        trainer.update()
         t3 = time.process_time()
         stats = pstats.Stats(prof).stats
         out["forward"] += t1 - t0

@@ -5,7 +5,8 @@
 * the machine's dense matmul FLOP/s in fp32 and bf16 (2048^3, best of several; the reference peak);
 * the same full ComSL training steps (paper weights, frozen teacher, AdamW; length-bucketed CoVoST-like
   batches, random log-mel) on the benchmark composite of the chosen shape, in fp32 and in bf16
-  (autocast over float32 weights, as ``train.precision: bf16`` trains), interleaved;
+  (bf16 weights with float32 masters, forward under autocast, as ``train.precision: bf16`` trains in the
+  torch engine: ``train_step.Trainer``), interleaved;
 * model FLOPs of every step counted from the shapes (``flops.comsl_step_flops``: 6 x matmul
   parameters x real positions per trained pass, 2x for passes without gradient, plus attention).
 

@@ -23,7 +23,7 @@ from common import (PASSES, SHAPES, bench_model, breakdown, covost_like, interle
 from train_step import Trainer, batches_of  # noqa: E402
 
 from comsl.config import ObjectiveConfig  # noqa: E402
-from comsl.training.precision import autocast, resolve_precision  # noqa: E402
+from comsl.training.precision import resolve_precision  # noqa: E402
 
 ST_ONLY = ObjectiveConfig(w_asr=0.0, w_st=1.0, w_mt=0.0, w_cml=0.0, lambda_st=0.0, lambda_mt=0.0)
 
@@ -43,12 +43,11 @@ def main(argv=None) -> dict:
     vocab = base.config.text_config.vocab_size
     batches = [make_batch(corpus, b, vocab, seed=k) for k, b in enumerate(batches_of("ours", corpus, seed=2))]
     trainers = {"full": Trainer(base, precision), "st_only": Trainer(base, precision, ST_ONLY)}
-    setups = {name: (t.model, t.loss, t.opt) for name, t in trainers.items()}
 
     def step(name, batch):
         trainers[name].step(batch)
 
-    for name in setups:
+    for name in trainers:
         step(name, batches[0])  # warm-up
     cpu: dict[str, float] = {}
     times = interleaved({"full": batches, "st_only": batches}, step, cpu)
@@ -64,8 +63,7 @@ def main(argv=None) -> dict:
     rows = {}
     for name in ("full", "st_only"):
         for _ in range(best_of):
-            with autocast(torch.device("cpu"), precision):
-                row = breakdown(*setups[name], [mid])
+            row = breakdown(trainers[name], [mid])
             rows[name] = {k: min(v, rows.get(name, row)[k]) for k, v in row.items()}
     for label in ["step", "forward"] + [lbl for _, lbl in PASSES] + ["backward", "optimizer"]:
         f, s = rows["full"][label], rows["st_only"][label]

@@ -39,6 +39,8 @@ from common import (PASSES, SHAPES, bench_model, breakdown, comsl_loss, covost_l
                     make_batch, peak_rss_probe, shape_kwargs)
 
 from comsl.data.batching import FRAME_SAMPLES, LengthBucketSampler  # noqa: E402
+from comsl.training.engine import to_device  # noqa: E402
+from comsl.training.master_weights import MasterWeights  # noqa: E402
 from comsl.training.precision import autocast, resolve_precision  # noqa: E402
 
 BATCH = 8
@@ -61,21 +63,44 @@ def batches_of(name: str, corpus, seed: int = 0) -> list[list[int]]:
 
 class Trainer:
     """One contender: its own copy of the model, loss (with teacher) and optimizer; ``precision`` fp32 or
-    bf16 (autocast over float32 weights, as ``train.precision: bf16`` trains)."""
+    bf16, trained as ``train.precision: bf16`` trains in the torch engine: bf16 weights (and teacher) with
+    float32 masters that AdamW updates (``comsl.training.master_weights``), float inputs cast to bf16, the
+    forward under autocast. A step is ``forward`` -> ``backward`` -> ``update``."""
 
     def __init__(self, model, precision: str = "fp32", objectives=None):
         self.model = copy.deepcopy(model).train()
         self.loss = comsl_loss(self.model, objectives)
-        self.opt = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=1e-4)
         self.precision = precision
+        groups = [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
+        self.masters: MasterWeights | None = None
+        if precision == "bf16":
+            self.masters = MasterWeights(self.model, groups, torch.bfloat16)
+            groups = self.masters.param_groups
+            self.loss.to(torch.bfloat16)
+        self.opt = torch.optim.AdamW(groups, lr=1e-4)
+
+    def forward(self, batch: dict):
+        if self.masters is not None:
+            batch = to_device(batch, torch.device("cpu"), torch.bfloat16)
+        with autocast(torch.device("cpu"), self.precision):
+            return self.loss(self.model, batch)
+
+    def backward(self, total: torch.Tensor) -> None:
+        total.backward()
+        if self.masters is not None:
+            self.masters.collect_grads()
+
+    def update(self) -> None:
+        self.opt.step()
+        if self.masters is not None:
+            self.masters.push()
+        self.opt.zero_grad(set_to_none=True)
 
     def step(self, batch: dict) -> float:
-        self.opt.zero_grad(set_to_none=True)
-        with autocast(torch.device("cpu"), self.precision):
-            total, _ = self.loss(self.model, batch)
-        total.backward()
-        self.opt.step()
-        return float(total)
+        total, _ = self.forward(batch)
+        self.backward(total)
+        self.update()
+        return float(total.detach())
 
 
 def probe_memory(name: str, n: int, shape: str, precision: str) -> None:
@@ -109,8 +134,7 @@ def profile(shape: str, n: int, repeats: int, precision: str) -> None:
         trainer.step(work[name][-1])  # warm-up
     for _ in range(repeats):
         for name, trainer in trainers.items():
-            with autocast(torch.device("cpu"), precision):
-                row = breakdown(trainer.model, trainer.loss, trainer.opt, work[name])
+            row = breakdown(trainer, work[name])
             rows[name] = {k: min(v, rows.get(name, row)[k]) for k, v in row.items()}
     print(f"profile, shape {shape}, {precision}: one training step on 8 utterances ({int(corpus.frames[idx].sum())} real "
           f"frames; ours pads to {work['ours'][0]['speech'].shape[-1]}), CPU seconds, best of {repeats}")

@@ -248,8 +248,8 @@ class TrainConfig:
     """Override the ZeRO stage of ``deepspeed_config`` (0-3)."""
 
     precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
-    """Forward precision: bf16/fp16 autocast over float32 weights (fp16 with a loss scaler); ``auto`` = bf16
-    where the device has bf16 units, else fp16 on GPU / fp32 on CPU; bf16 on a CPU without them trains fp32."""
+    """bf16: bf16 weights with float32 masters and AdamW state; fp16: autocast with a loss scaler; ``auto`` =
+    bf16 where the device has bf16 units, else fp16 on GPU / fp32 on CPU; bf16 on a CPU without them trains fp32."""
 
     seed: int = 1
     """Seed for initialisation, masking, dropout and batch order."""

@@ -84,7 +84,7 @@ class ComSLMultiTaskLoss:
     """Callable ``loss(model, batch) -> (total, parts)``; see the module docstring.
 
     ``teacher`` is the frozen stage-1 model (a ComSLModel), needed when w_mt > 0 and λt > 0; ``to``
-    moves it with the student. Raises ConfigError when a needed piece (teacher, mask token, CTC/matching
+    moves it with the student (and casts it to bf16 for bf16 training). Raises ConfigError when a needed piece (teacher, mask token, CTC/matching
     head) is missing.
     """
 
@@ -99,10 +99,10 @@ class ComSLMultiTaskLoss:
         if cfg.w_cml > 0 and mask_token_id is None:
             raise ConfigError("objectives.w_cml > 0 needs a tokenizer with a <mask> token")
 
-    def to(self, device: torch.device | str) -> "ComSLMultiTaskLoss":
-        """Move the teacher (the loss's only tensors) to ``device``."""
+    def to(self, where: torch.device | str | torch.dtype) -> "ComSLMultiTaskLoss":
+        """Move the teacher (the loss's only tensors) to a device, or cast it to a dtype (bf16 training)."""
         if self.teacher is not None:
-            self.teacher.to(device)
+            self.teacher.to(where)
         return self
 
     def plan(self, has_speech: bool) -> Plan:

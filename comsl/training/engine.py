@@ -27,6 +27,7 @@ from torch import nn
 from comsl.config import OptimConfig, TrainConfig
 from comsl.errors import CheckpointError, ConfigError
 from comsl.training.checkpoint import load_torch_state
+from comsl.training.master_weights import MasterWeights
 from comsl.training.precision import DTYPES, autocast, resolve_precision
 
 log = logging.getLogger(__name__)
@@ -189,7 +190,13 @@ class Engine:
 
 
 class TorchEngine(Engine):
-    """Single process, or DDP (gloo on CPU, NCCL on GPU) when launched with ``WORLD_SIZE > 1``."""
+    """Single process, or DDP (gloo on CPU, NCCL on GPU) when launched with ``WORLD_SIZE > 1``.
+
+    fp32 trains float32 weights. bf16 trains bf16 weights with float32 masters that AdamW updates
+    (:class:`~comsl.training.master_weights.MasterWeights`; as DeepSpeed's bf16 mode does), the frozen
+    teacher in bf16 too; the forward stays under autocast so softmax and losses run in float32. fp16
+    keeps float32 weights under autocast with a ``GradScaler``.
+    """
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, param_groups: list[dict], *,
                  optim: OptimConfig, train: TrainConfig):
@@ -202,11 +209,25 @@ class TorchEngine(Engine):
             loss_fn.to(self.device)
         self.grad_accum = train.grad_accum
         self.max_grad_norm = optim.max_grad_norm
-        # Weights and AdamW state stay float32; only the forward runs under autocast.
         self.precision = resolve_precision(train.precision, self.device)
+        self.masters: MasterWeights | None = None
+        self.float_dtype: torch.dtype | None = None
+        if self.precision == "bf16":
+            # Before the DDP wrapper, which buckets gradients by the parameters' dtype and, at wrapping,
+            # would give the other ranks only rank 0's bf16 copies: they take its float32 weights here.
+            if self.distributed:
+                for p in self.model.parameters():
+                    dist.broadcast(p.data, src=0)
+            self.float_dtype = torch.bfloat16
+            self.masters = MasterWeights(self.model, param_groups, self.float_dtype)
+            param_groups = self.masters.param_groups
+            if hasattr(loss_fn, "to"):
+                loss_fn.to(self.float_dtype)  # the frozen teacher: no master, nothing to update
         wrapper = LossModule(self.model, loss_fn)
         if self.distributed:
-            # Multi-task parts may be skipped in a step (zero weight, frozen speech blocks).
+            # Multi-task parts may be skipped in a step (zero weight, frozen speech blocks). In bf16 the
+            # all-reduce averages bf16 gradients (as DeepSpeed's bf16 mode does); they reach the float32
+            # masters after it.
             self.module: nn.Module = nn.parallel.DistributedDataParallel(
                 wrapper, find_unused_parameters=True,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None)
@@ -220,7 +241,8 @@ class TorchEngine(Engine):
         self._sync_ctx: contextlib.ExitStack | None = None
 
     def prepare(self, batch):
-        return to_device(batch, self.device)
+        # bf16 weights: float inputs follow, as under DeepSpeed.
+        return to_device(batch, self.device, self.float_dtype)
 
     def forward(self, batch, last_micro):
         self._sync_ctx = contextlib.ExitStack()
@@ -234,6 +256,10 @@ class TorchEngine(Engine):
         # Average over micro-batches so the step sees the mean gradient.
         self.scaler.scale(loss / self.grad_accum).backward()
         self._close_sync()
+        if self.masters is not None and not self.distributed:
+            # Accumulate in float32. Under DDP the bf16 gradients stay put until the step: the all-reduce
+            # of the last micro-batch averages what no_sync accumulated in them.
+            self.masters.collect_grads()
 
     def _close_sync(self):
         if self._sync_ctx is not None:
@@ -242,10 +268,19 @@ class TorchEngine(Engine):
 
     def discard(self):
         self._close_sync()
+        self._zero_grad()
+
+    def _zero_grad(self):
         self.optimizer.zero_grad(set_to_none=True)
+        if self.masters is not None:
+            self.model.zero_grad(set_to_none=True)  # bf16 gradients not collected yet (DDP)
 
     def step(self):
         # Frozen parts (training/freezing.py) arrive without gradient and with LR 0, as under DeepSpeed.
+        # In bf16 the optimizer holds the float32 masters: clipping and the finiteness check see their
+        # gradients.
+        if self.masters is not None:
+            self.masters.collect_grads()
         self.scaler.unscale_(self.optimizer)
         norm = torch.nn.utils.clip_grad_norm_(
             [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None],
@@ -253,18 +288,26 @@ class TorchEngine(Engine):
         # A finite loss can still give a NaN/inf gradient: skip the update on every rank, like a NaN loss.
         # (fp16 leaves overflow to the loss scaler, which skips the step and lowers the scale.)
         if self.precision != "fp16" and self.any_rank(not bool(torch.isfinite(norm))):
-            self.optimizer.zero_grad(set_to_none=True)
+            self._zero_grad()
             return False
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
+        if self.masters is not None:
+            self.masters.push()
+        self._zero_grad()
         return True
 
+    @contextlib.contextmanager
+    def gathered_params(self, fp32=False):
+        with self.masters.fp32_view() if fp32 and self.masters is not None else contextlib.nullcontext():
+            yield
+
     def save(self, ckpt_dir):
-        # Replicated state: rank 0 writes it.
+        # Replicated state: rank 0 writes it. In bf16, model.safetensors holds the float32 masters.
         if self.is_main:
             from safetensors.torch import save_model
-            save_model(self.model, str(ckpt_dir / "model.safetensors"))
+            with self.gathered_params(fp32=True):
+                save_model(self.model, str(ckpt_dir / "model.safetensors"))
             torch.save(self.optimizer.state_dict(), ckpt_dir / "optimizer.pt")
 
     def load(self, ckpt_dir):
@@ -273,9 +316,12 @@ class TorchEngine(Engine):
         if not path.is_file():
             raise CheckpointError(f"{ckpt_dir}: no model.safetensors (written by another engine? "
                                   "resume with the engine that wrote it)")
-        missing, unexpected = load_model(self.model, str(path), strict=False, device=str(self.device))
+        with self.gathered_params(fp32=True):  # in bf16: into the masters, then refresh the bf16 copies
+            missing, unexpected = load_model(self.model, str(path), strict=False, device=str(self.device))
         if missing or unexpected:
             raise CheckpointError(f"{path}: missing keys {sorted(missing)}; unexpected keys {sorted(unexpected)}")
+        if self.masters is not None:
+            self.masters.push_all()
         state = load_torch_state(ckpt_dir / "optimizer.pt", map_location=self.device)
         self.optimizer.load_state_dict(state)
 

@@ -1,8 +1,9 @@
 """Training precision: which one a device gets for ``train.precision``, and the autocast context.
 
-``fp32`` trains in float32. ``bf16`` / ``fp16`` run the forward under ``torch.autocast`` (the torch
-engine keeps float32 weights and AdamW state; DeepSpeed keeps its float32 master copy itself); fp16
-adds a loss scaler (torch ``GradScaler`` / DeepSpeed's dynamic scaler). The objectives compute
+``fp32`` trains in float32. ``bf16`` trains bf16 weights with float32 master weights and AdamW state in
+both engines (the torch engine through ``comsl.training.master_weights``, DeepSpeed itself), the forward
+still under ``torch.autocast``. ``fp16`` runs the forward under autocast over float32 weights (torch
+engine) with a loss scaler (torch ``GradScaler`` / DeepSpeed's dynamic scaler). The objectives compute
 softmax, log-softmax and every loss in float32 whatever the autocast dtype. ``auto`` picks bf16 where
 the device has bf16 units, else fp16 on a GPU and fp32 on a CPU. A CPU without bf16 matrix units
 (AMX / AVX512-BF16) gets fp32 for ``bf16`` too: emulated bf16 there is slower than fp32.

@@ -12,7 +12,7 @@ from comsl.config import OptimConfig, TrainConfig
 from comsl.training.engine import deepspeed_config
 from comsl.training.logging import read_metrics
 
-from .tiny_task import TinyModel, assert_same_run, fit, losses, params, run_script
+from .tiny_task import TinyModel, assert_same_run, fit, losses, run_script, trained_params
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "deepspeed"
 
@@ -22,7 +22,7 @@ def test_exact_resume_under_zero2_in_a_fresh_process(tmp_path):
     fit(tmp_path / "b", max_steps=8, stop_after=4, engine="deepspeed", zero_stage=2)
     assert run_script(tmp_path / "b", "--record", "--engine", "deepspeed", "--zero-stage", "2") == {
         "step": 8, "resumed_from": 4}
-    assert_same_run(tmp_path / "a", tmp_path / "b", params(straight.task.model))
+    assert_same_run(tmp_path / "a", tmp_path / "b", trained_params(straight))
     assert (tmp_path / "b" / "checkpoints" / "step_8" / "deepspeed").is_dir()
 
 
@@ -58,6 +58,16 @@ def test_two_process_ddp_trains_checkpoints_and_resumes(tmp_path):
     assert len(ids) == len(ids1) == 8
     # The two ranks see different batches of the same steps.
     assert ids[0] != ids1[0]
+
+
+def test_ddp_ranks_start_from_rank_0s_weights_and_stay_identical(tmp_path):
+    """Rank 1 builds different weights; both ranks train rank 0's (in bf16: its float32 masters)."""
+    out = tmp_path / "ddp"
+    run_script(out, "--max-steps", "2", "--offset-init-by-rank", torchrun=True)
+    ranks = [torch.load(out / f"final_params_rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert ranks[0].keys() == ranks[1].keys()
+    for k in ranks[0]:
+        assert torch.equal(ranks[0][k], ranks[1][k]), k
     assert (out / "final" / "model.safetensors").is_file()
 
 

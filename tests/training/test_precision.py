@@ -9,10 +9,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from comsl.config import ObjectiveConfig, OptimConfig, TrainConfig
+from comsl.objectives import ComSLMultiTaskLoss
 from comsl.training import precision
 from comsl.training.engine import TorchEngine
+from comsl.training.freezing import FreezePolicy
+from comsl.training.schedule import param_groups
+from tests.helpers import speech_batch, speech_input
 
-from .tiny_task import assert_same_run, fit, make_task, params, run_script
+from .tiny_task import assert_same_run, collate, configs, fit, make_task, run_script, trained_params
 
 needs_bf16 = pytest.mark.skipif(not precision.cpu_has_bf16(), reason="this CPU has no bf16 units")
 ENGINES = {"torch": {}, "zero2": dict(engine="deepspeed", zero_stage=2)}
@@ -29,7 +34,7 @@ def test_bf16_exact_resume_in_a_fresh_process(tmp_path, engine):
     args = ["--record", "--precision", "bf16"] + (["--engine", "deepspeed", "--zero-stage", "2"]
                                                   if engine == "zero2" else [])
     assert run_script(tmp_path / "b", *args) == {"step": 8, "resumed_from": 4}
-    assert_same_run(tmp_path / "a", tmp_path / "b", params(straight.task.model))
+    assert_same_run(tmp_path / "a", tmp_path / "b", trained_params(straight))
 
 
 @needs_bf16
@@ -55,6 +60,75 @@ def test_bf16_nonfinite_step_is_skipped_and_exports_are_float32_masters(tmp_path
     else:
         opt = torch.load(out / "checkpoints" / "step_4" / "optimizer.pt", weights_only=True)["state"]
         assert {t.dtype for s in opt.values() for t in s.values() if t.is_floating_point()} == {torch.float32}
+        # The model trains bf16 copies; the export and the checkpoint are the float32 masters, not those upcast.
+        assert {p.dtype for p in trainer.task.model.parameters()} == {torch.bfloat16}
+        master = trained_params(trainer)
+        assert {v.dtype for v in master.values()} == {torch.float32}
+        ckpt = load_file(str(out / "checkpoints" / "step_4" / "model.safetensors"))
+        for k, v in final.items():
+            assert torch.equal(v, master[k]) and torch.equal(ckpt[k], master[k]), k
+        assert any(not torch.equal(v, v.bfloat16().float()) for v in final.values())
+
+
+def _comsl_engine(make_model, tokenizer, **train):
+    """A TorchEngine over a tiny ComSL model with the whole objective and its frozen MT teacher."""
+    model, teacher = make_model(seed=0).train(), make_model(seed=1)
+    loss = ComSLMultiTaskLoss(ObjectiveConfig(), mask_token_id=tokenizer.mask_token_id, teacher=teacher,
+                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    cfg = TrainConfig(**train)
+    FreezePolicy.from_config(cfg, model).apply_static(model)
+    optim = OptimConfig(lr=1e-3, lr_per_part={"adapter": 2e-3})
+    return TorchEngine(model, loss, param_groups(model, optim), optim=optim, train=cfg)
+
+
+@needs_bf16
+def test_bf16_trains_bf16_weights_and_the_optimizer_owns_float32_masters(make_model, tokenizer):
+    before = {n: p.detach().clone() for n, p in make_model(seed=0).named_parameters()}
+    engine = _comsl_engine(make_model, tokenizer, precision="bf16", speech_trainable=False)
+    model, teacher = engine.model, engine.module._loss_fn.teacher
+    assert {p.dtype for p in [*model.parameters(), *teacher.parameters()]} == {torch.bfloat16}
+    opt_params = [p for g in engine.optimizer.param_groups for p in g["params"]]
+    assert {p.dtype for p in opt_params} == {torch.float32}
+    assert not {id(p) for p in opt_params} & {id(p) for p in model.parameters()}
+    # per-part groups and LRs carried over; the statically frozen speech encoder is left out
+    assert {(g["part"], g["peak_lr"]) for g in engine.optimizer.param_groups} == {
+        ("adapter", 2e-3), ("text_encoder", 1e-3), ("text_decoder", 1e-3)}
+    with engine.gathered_params(fp32=True):
+        assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # masters, unrounded
+
+    batch = engine.prepare(speech_batch(tokenizer, *speech_input("whisper", [230, 97])))
+    assert batch["speech"].dtype == torch.bfloat16
+    total, _ = engine.forward(batch, last_micro=True)
+    assert total.dtype == torch.float32
+    engine.backward(total)
+    assert engine.step() is True
+    assert all(p.grad is None for p in model.parameters())
+    states = [t for st in engine.optimizer.state.values() for t in st.values() if t.is_floating_point()]
+    assert states and {t.dtype for t in states} == {torch.float32}
+    with engine.gathered_params(fp32=True):
+        master = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for n, p in model.named_parameters():
+        assert torch.equal(p, master[n].bfloat16()), n  # the bf16 copy is the updated master rounded
+    moved = {model.part_of(n) for n in master if not torch.equal(master[n], before[n])}
+    assert moved == {"adapter", "text_encoder", "text_decoder"}  # the frozen speech encoder's masters stay
+
+
+@needs_bf16
+def test_bf16_training_overfits_a_batch():
+    """The masters' updates reach the bf16 weights the forward uses: the loss of one batch goes down."""
+    task = make_task()
+    train, optim = configs("unused", precision="bf16")
+    engine = TorchEngine(task.model, task.loss_fn, param_groups(task.model, optim), optim=optim, train=train)
+    task.model.eval()  # no dropout: the same loss function at every step
+    batch = engine.prepare(collate(task.dataset[:16]))
+    seen = []
+    for _ in range(30):
+        total, _ = engine.forward(batch, last_micro=True)
+        seen.append(float(total.detach()))
+        engine.backward(total)
+        assert engine.step() is True
+    assert engine.precision == "bf16" and next(task.model.parameters()).dtype == torch.bfloat16
+    assert seen[-1] < 0.5 * seen[0], seen
 
 
 def test_fp16_uses_a_loss_scaler_saved_for_resume(tmp_path):
@@ -82,10 +156,8 @@ def test_resolve_precision():
 
 
 def test_objectives_take_softmax_and_losses_in_float32_under_bf16(make_model, tokenizer, monkeypatch):
-    from comsl.config import ObjectiveConfig
     from comsl.data.batching import pad_ids
     from comsl.data.processor import encode
-    from comsl.objectives import ComSLMultiTaskLoss
 
     seen = []
     for name in ("softmax", "log_softmax"):

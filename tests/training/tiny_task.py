@@ -189,15 +189,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", default="auto")
     p.add_argument("--hidden", type=int, default=HIDDEN)
     p.add_argument("--record", action="store_true", help="append batch ids to <out>/batches_rank<r>.jsonl")
+    p.add_argument("--offset-init-by-rank", action="store_true", help="rank r starts from weights + r / 100")
     a = p.parse_args(argv)
     rank = dist_info()[0]
     task = make_task(hidden=a.hidden, record=Path(a.out) / f"batches_rank{rank}.jsonl" if a.record else None)
+    if a.offset_init_by_rank:
+        with torch.no_grad():
+            for param in task.model.parameters():
+                param.add_(rank / 100)
     Path(a.out).mkdir(parents=True, exist_ok=True)
     train, optim = configs(a.out, max_steps=a.max_steps, stop_after=a.stop_after, engine=a.engine,
                            zero_stage=a.zero_stage, grad_accum=a.grad_accum,
                            deepspeed_config=a.ds_config, save_every=a.save_every, precision=a.precision)
-    result = Trainer(task, train, optim).fit()
-    params = {k: v.detach().float().cpu() for k, v in task.model.state_dict().items()}
+    trainer = Trainer(task, train, optim)
+    result = trainer.fit()
+    params = {k: v.float().cpu() for k, v in trained_params(trainer).items()}
+    torch.save(params, Path(a.out) / f"final_params_rank{rank}.pt")
     if rank == 0:
         torch.save(params, Path(a.out) / "final_params.pt")
         print(json.dumps({"step": result.step, "resumed_from": result.resumed_from}))
@@ -281,6 +288,13 @@ def losses(out: Path) -> list[dict]:
 
 def params(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def trained_params(trainer) -> dict[str, torch.Tensor]:
+    """The weights the engine trains, as exports see them: the float32 masters where the model holds
+    16-bit copies (bf16), the model's own weights otherwise (every rank calls it: ZeRO-3 gathers)."""
+    with trainer.engine.gathered_params(fp32=True):
+        return params(trainer.task.model)
 
 
 def assert_same_run(a: Path, b: Path, params_a: dict) -> None:
