@@ -1,6 +1,11 @@
-"""Inputs and one-task losses shared by the model tests (plain functions, not fixtures)."""
+"""Inputs and one-task losses shared by the model tests, and a catcher of transformers' warnings (plain
+functions, not fixtures)."""
 
 from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
 
 import torch
 
@@ -55,3 +60,34 @@ def task_loss(tokenizer, task: str = "st"):
     loss = ComSLMultiTaskLoss(ObjectiveConfig(**weights), mask_token_id=tokenizer.mask_token_id,
                               eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     return lambda model, batch: loss(model, batch)[0]
+
+
+class _Collect(logging.Handler):
+    def __init__(self, messages: list[str]):
+        super().__init__(logging.WARNING)
+        self.messages = messages
+
+    def emit(self, record):
+        self.messages.append(f"[{record.name}] {record.getMessage()}")
+
+
+@contextlib.contextmanager
+def transformers_warnings():
+    """Collects what transformers warns inside the block: its log records at WARNING and above and the Python
+    warnings issued from its files. Yields the list of messages, complete when the block ends."""
+    import transformers  # noqa: F401  (it adds warning_once to logging.Logger)
+
+    messages: list[str] = []
+    # warning_once remembers what it printed in this process: forget it, or an earlier test hides the message
+    logging.Logger.warning_once.cache_clear()
+    handler = _Collect(messages)
+    hf_logger = logging.getLogger("transformers")  # transformers logs through its own, non-propagating root
+    hf_logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield messages
+    finally:
+        hf_logger.removeHandler(handler)
+    messages.extend(f"{w.category.__name__}: {w.message}" for w in caught
+                    if "transformers" in w.filename or "transformers" in str(w.message))

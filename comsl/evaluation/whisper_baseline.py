@@ -21,6 +21,8 @@ from comsl.data.audio import SAMPLING_RATE
 from comsl.errors import CheckpointError, DataError
 from comsl.languages import base_code
 
+_PROMPT_LEN = 4  # <|startoftranscript|> <|xx|> <|translate|> <|notimestamps|>
+
 
 def whisper_language(covost_lang: str) -> str:
     """Whisper's language code for a CoVoST code: the part before the region (``zh-CN`` -> ``zh``,
@@ -65,6 +67,8 @@ def whisper_zero_shot(
         CheckpointError: ``model_dir`` is not a Whisper directory.
         DataError: a language Whisper does not know, or a waveform that is not 1-D, empty or over 30 s.
     """
+    from transformers import GenerationMixin
+
     model_dir = Path(model_dir)
     model, feature_extractor, tokenizer = _load(model_dir, device)
     items = _checked_items(model, model_dir, waveforms_by_lang, feature_extractor.n_samples)
@@ -76,10 +80,13 @@ def whisper_zero_shot(
         batch = items[start: start + batch_size]
         features = feature_extractor([np.asarray(w, dtype=np.float32) for _, _, w in batch],
                                      sampling_rate=SAMPLING_RATE, return_tensors="pt").input_features.to(device)
-        out = model.generate(features, attention_mask=torch.ones(features.shape[0], features.shape[-1],
-                                                                 dtype=torch.long, device=device),
-                             generation_config=gen, language=[whisper_language(lang) for lang, _, _ in batch],
-                             task="translate")
+        # GenerationMixin's generate, not Whisper's override: the override (long-form, temperature fallback,
+        # timestamps; none used here) hands its own config plus suppress-token kwargs to the generic generate,
+        # which logs a deprecation warning whatever the caller passes (transformers 5.24).
+        out = GenerationMixin.generate(
+            model, features, generation_config=gen, decoder_input_ids=_prompts(gen, [lang for lang, _, _ in batch],
+                                                                                device),
+            attention_mask=torch.ones(features.shape[0], features.shape[-1], dtype=torch.long, device=device))
         for (lang, i, _), text in zip(batch, tokenizer.batch_decode(out, skip_special_tokens=True)):
             results[lang][i] = text.strip()
     return results
@@ -104,16 +111,25 @@ def _checked_items(model, model_dir: Path, waveforms_by_lang: dict[str, list[np.
     return items
 
 
+def _prompts(gen, langs: list[str], device: str) -> torch.Tensor:
+    """(B, 4) ``<|startoftranscript|><|xx|><|translate|><|notimestamps|>``, the prompt Whisper's generate
+    builds for ``language=xx, task="translate"`` without timestamps."""
+    return torch.tensor([[gen.decoder_start_token_id, gen.lang_to_id[f"<|{whisper_language(lang)}|>"],
+                          gen.task_to_id["translate"], gen.no_timestamps_token_id] for lang in langs],
+                        dtype=torch.long, device=device)
+
+
 def _generation_config(model, beam: int, max_new_tokens: int):
     """The model's generation config with our beam, length cap and timestamp suppression."""
     gen = copy.deepcopy(model.generation_config)
-    prompt_len = 4  # <|startoftranscript|> <|xx|> <|translate|> <|notimestamps|>
-    # No timestamps wanted; suppressing them also keeps generate() to one pass over the 30 s window
-    # (an emitted timestamp would make it re-decode the rest of the window segment by segment).
+    # The prompt asks for no timestamps; Whisper's own generate suppresses them then, and so do we.
     timestamps = range(gen.no_timestamps_token_id + 1, model.config.vocab_size)
     gen.suppress_tokens = sorted(set(gen.suppress_tokens or []) | set(timestamps))
     gen.num_beams = beam
-    gen.max_new_tokens = min(max_new_tokens, model.config.max_target_positions - prompt_len)
+    # The cap as max_length (prompt included): max_new_tokens next to the checkpoint's max_length (448)
+    # makes generate warn on every call.
+    gen.max_new_tokens = None
+    gen.max_length = _PROMPT_LEN + min(max_new_tokens, model.config.max_target_positions - _PROMPT_LEN)
     return gen
 
 

@@ -2,21 +2,9 @@
 
 from __future__ import annotations
 
-import logging
-import warnings
-
 import pytest
 
-from tests.helpers import LENGTHS, speech_batch, speech_input, task_loss
-
-
-class Collect(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.records: list[str] = []
-
-    def emit(self, record):
-        self.records.append(record.getMessage())
+from tests.helpers import LENGTHS, speech_batch, speech_input, task_loss, transformers_warnings
 
 
 @pytest.mark.parametrize("text", ["mbart", "m2m100"])
@@ -24,22 +12,14 @@ def test_train_step_and_decoding_raise_no_transformers_warning(text, make_model,
     model = make_model("whisper", text)
     batch = speech_batch(tokenizer, *speech_input("whisper", LENGTHS["whisper"]))
     en = tokenizer.convert_tokens_to_ids("en_XX")
-    handler = Collect()
-    hf_logger = logging.getLogger("transformers")  # transformers logs through its own, non-propagating root
-    hf_logger.addHandler(handler)
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            model.train()
-            task_loss(tokenizer)(model, batch).backward()
-            model.eval()
-            for hf in (False, True):
-                for beams in (1, 3):
-                    model.generate_speech(batch["speech"], batch["speech_mask"], batch["src_lang_ids"], en,
-                                          num_beams=beams, max_new_tokens=4, use_hf_generate=hf)
-                    model.generate_text(batch["transcript_ids"], batch["transcript_mask"], en, num_beams=beams,
-                                        max_new_tokens=4, use_hf_generate=hf)
-    finally:
-        hf_logger.removeHandler(handler)
-    ours = [str(w.message) for w in caught if "transformers" in w.filename or "transformers" in str(w.message)]
-    assert ours == [] and handler.records == []
+    with transformers_warnings() as caught:
+        model.train()
+        task_loss(tokenizer)(model, batch).backward()
+        model.eval()
+        for hf in (False, True):
+            for beams in (1, 3):
+                model.generate_speech(batch["speech"], batch["speech_mask"], batch["src_lang_ids"], en,
+                                      num_beams=beams, max_new_tokens=4, use_hf_generate=hf)
+                model.generate_text(batch["transcript_ids"], batch["transcript_mask"], en, num_beams=beams,
+                                    max_new_tokens=4, use_hf_generate=hf)
+    assert caught == []
