@@ -275,12 +275,14 @@ class ComSLModel(PreTrainedModel):
                 max_new_tokens=max_new_tokens, length_penalty=length_penalty, sync=sync,
             )
         # one generation config (copied, so the model's stays as saved) rather than config + kwargs;
-        # max_length off so max_new_tokens alone bounds the length
+        # max_length off so max_new_tokens alone bounds the length; the beam-only settings only with beams
+        # (greedy ignores them, and generate warns about them)
         gen_cfg = copy.deepcopy(gen_cfg)
+        beams = num_beams > 1
         gen_cfg.update(decoder_start_token_id=start, forced_bos_token_id=int(tgt_lang_id),
                        bos_token_id=tc.bos_token_id, eos_token_id=tc.eos_token_id, pad_token_id=tc.pad_token_id,
                        num_beams=num_beams, max_new_tokens=max_new_tokens, max_length=None,
-                       length_penalty=length_penalty, early_stopping=True if num_beams > 1 else None,
+                       length_penalty=length_penalty if beams else 1.0, early_stopping=True if beams else None,
                        do_sample=False)
         unknown = gen_cfg.update(**kwargs)
         if unknown:

@@ -18,8 +18,9 @@ def test_train_step_and_decoding_raise_no_transformers_warning(text, make_model,
         model.eval()
         for hf in (False, True):
             for beams in (1, 3):
-                model.generate_speech(batch["speech"], batch["speech_mask"], batch["src_lang_ids"], en,
-                                      num_beams=beams, max_new_tokens=4, use_hf_generate=hf)
-                model.generate_text(batch["transcript_ids"], batch["transcript_mask"], en, num_beams=beams,
-                                    max_new_tokens=4, use_hf_generate=hf)
+                for lp in (1.0, 0.6):  # a length penalty asked for, as `comsl evaluate --length-penalty` does
+                    model.generate_speech(batch["speech"], batch["speech_mask"], batch["src_lang_ids"], en,
+                                          num_beams=beams, max_new_tokens=4, length_penalty=lp, use_hf_generate=hf)
+                    model.generate_text(batch["transcript_ids"], batch["transcript_mask"], en, num_beams=beams,
+                                        max_new_tokens=4, length_penalty=lp, use_hf_generate=hf)
     assert caught == []
