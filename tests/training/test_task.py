@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from comsl.cli import main
+from tests.helpers import transformers_warnings
 
 from .tiny_task import ROOT, TINY, build_corpus
 from .tiny_task import corpus_paths as paths
@@ -78,3 +79,20 @@ def test_unknown_language_and_missing_init_are_clear(corpus, tmp_path, capsys):
     assert main(["train", str(ROOT / "configs/mini_tiny.yaml"), *TINY, *paths(corpus, out), "train.max_steps=1",
                  f"train.init_from={tmp_path / 'nowhere'}", f"train.teacher={tmp_path / 'nowhere'}"]) == 2
     assert "nowhere" in capsys.readouterr().err
+
+
+def test_train_and_evaluate_print_no_transformers_warning(corpus, tmp_path):
+    """What the main job runs on a tiny model: stage 1 and stage 2 with their dev BLEU, then `comsl evaluate`
+    (beam search, MT on the transcripts too); transformers logs and warns nothing."""
+    mt, st = tmp_path / "mt", tmp_path / "comsl"
+    with transformers_warnings() as caught:
+        assert main(["train", str(ROOT / "configs/mini_mt_tiny.yaml"), *TINY, *paths(corpus, mt), "train.max_steps=2",
+                     "train.eval_every=2", "train.save_every=2"]) == 0
+        assert main(["train", str(ROOT / "configs/mini_tiny.yaml"), *TINY, *paths(corpus, st), "train.max_steps=2",
+                     f"train.init_from={mt / 'final'}", f"train.teacher={mt / 'final'}", "train.eval_every=2",
+                     "train.save_every=2", "data.train_sample_utterances=2"]) == 0
+        assert main(["evaluate", "--checkpoint", str(st), "--data", str(corpus / "manifests"), "--beam", "2",
+                     "--max-new-tokens", "4", "--no-progress", "--out", str(tmp_path / "eval")]) == 0
+    assert caught == []
+    assert any("dev/bleu_avg" in r for r in records(mt)) and any("dev/bleu_avg" in r for r in records(st))
+    assert (tmp_path / "eval" / "report.json").is_file()
