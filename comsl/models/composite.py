@@ -21,7 +21,6 @@ from pathlib import Path
 import torch
 from torch import nn
 from transformers import AutoConfig, PreTrainedConfig, PreTrainedModel
-from transformers.configuration_utils import SubConfigSpec
 from transformers.modeling_outputs import BaseModelOutput
 
 from comsl.languages import TARGET_CODE
@@ -31,6 +30,26 @@ from comsl.models.length_adapter import LengthAdapter
 from comsl.models.speech_encoders import SPEECH_ENCODERS, build_speech_encoder
 from comsl.models.text_models import build_text_model, decoder_start_id, lm_logits
 from comsl.parts import ADAPTER, OTHER, PARTS, SPEECH, TEXT_DECODER, TEXT_ENCODER
+
+
+def _auto_sub_config(default_model_type: str):
+    """Declares a sub-config of a composite config whose class follows the ``model_type`` saved in it
+    (``default_model_type`` when there is none), for ``PreTrainedConfig.sub_configs_defaults``.
+
+    transformers 5 declares such sub-configs with ``configuration_utils.SubConfigSpec``, which it does not
+    export and has no public equivalent for (a plain config class there fixes the sub-config's class;
+    ``AutoConfig`` alone has no default type). This is its one use, so an upstream change breaks here, once.
+    """
+    try:
+        from transformers.configuration_utils import SubConfigSpec
+    except ImportError as err:
+        import transformers
+
+        raise ImportError(
+            f"ComSLConfig declares its speech and text sub-configs with transformers.configuration_utils."
+            f"SubConfigSpec, which transformers {transformers.__version__} lacks: install the transformers "
+            "version pyproject.toml allows") from err
+    return SubConfigSpec(config_class=AutoConfig, model_type=default_model_type)
 
 
 class ComSLConfig(PreTrainedConfig):
@@ -47,10 +66,7 @@ class ComSLConfig(PreTrainedConfig):
     """
 
     model_type = "comsl"
-    sub_configs_defaults = {
-        "speech_config": SubConfigSpec(config_class=AutoConfig, model_type="whisper"),
-        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="mbart"),
-    }
+    sub_configs_defaults = {"speech_config": _auto_sub_config("whisper"), "text_config": _auto_sub_config("mbart")}
     speech_config: PreTrainedConfig | dict | None = None
     text_config: PreTrainedConfig | dict | None = None
     speech_encoder_type: str = "whisper"

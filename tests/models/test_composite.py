@@ -154,3 +154,34 @@ def test_unpadded_batches_pass_no_mask_and_equal_the_masked_path(make_model, tok
         padded[1, -1] = 0
         model.encode_embeds(embeds, padded)
     assert seen[-1] is not None
+
+
+@pytest.mark.parametrize("speech,text", [("wav2vec2", "m2m100"), ("w2v_bert", "nllb"), ("whisper", "mbart")])
+def test_saved_config_round_trips_with_both_sub_configs(speech, text, make_model, tmp_path):
+    """Each sub-config comes back as its own config class (not a dict, not the default whisper/mbart), equal,
+    and still a sub-config to transformers (the attention implementation reaches it)."""
+    from transformers import AutoConfig
+
+    from comsl.models.composite import ComSLConfig
+
+    config = make_model(speech, text).config
+    config.save_pretrained(tmp_path)
+    for loaded in (ComSLConfig.from_pretrained(tmp_path), AutoConfig.from_pretrained(tmp_path)):
+        assert type(loaded) is ComSLConfig
+        for key in ("speech_config", "text_config"):
+            sub, saved = getattr(loaded, key), getattr(config, key)
+            assert type(sub) is type(saved) and sub.to_dict() == saved.to_dict(), key
+        loaded._attn_implementation = "eager"
+        assert loaded.speech_config._attn_implementation == loaded.text_config._attn_implementation == "eager"
+    default = ComSLConfig()  # transformers builds one to diff against when saving
+    assert (default.speech_config.model_type, default.text_config.model_type) == ("whisper", "mbart")
+
+
+def test_missing_sub_config_declaration_is_named(monkeypatch):
+    import transformers.configuration_utils
+
+    from comsl.models.composite import _auto_sub_config
+
+    monkeypatch.delattr(transformers.configuration_utils, "SubConfigSpec")
+    with pytest.raises(ImportError, match="ComSLConfig declares its speech and text sub-configs with .*SubConfigSpec"):
+        _auto_sub_config("whisper")
