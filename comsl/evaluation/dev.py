@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
-from typing import Iterable, Sequence
+from typing import Iterable, Self, Sequence
 
 import numpy as np
 
@@ -18,13 +18,12 @@ from comsl.evaluation.decode import DecodeConfig, Decoder, Utterance, read_utter
 from comsl.evaluation.scoring import score_languages
 
 
-class DevEvaluator:
-    """Callable ``(model) -> {"bleu", "chrf", "avg", "groups"}``. Construction does no I/O; use
-    ``from_manifest`` to read and load the audio."""
+class _ManifestEvaluator:
+    """What both dev evaluators share: a fixed subset of a manifest, decoded by ``Decoder`` on the model's
+    own device and scored by ``dev_scores``. Subclasses say how the hypotheses are made."""
 
-    def __init__(self, utts: Sequence[Utterance], audio: Sequence[np.ndarray], tokenizer, config: DecodeConfig):
+    def __init__(self, utts: Sequence[Utterance], tokenizer, config: DecodeConfig):
         self.utts = list(utts)
-        self.audio = list(audio)
         self.tokenizer = tokenizer
         # The model stays on its training device.
         self.config = replace(config, device=None)
@@ -34,42 +33,52 @@ class DevEvaluator:
     def from_manifest(
         cls, manifest: str | os.PathLike, tokenizer, config: DecodeConfig | None = None,
         langs: Iterable[str] | None = None, per_language: int | None = None,
-    ) -> "DevEvaluator":
+    ) -> Self:
         """Read ``manifest`` (optionally only ``langs`` and the first ``per_language`` utterances of each)
-        and load its audio. Greedy decoding (beam 1) by default: dev BLEU is for tracking, not reporting."""
-        from comsl.data.audio import load_audio
-
+        and load what decoding needs. Greedy decoding (beam 1) by default: dev BLEU is for tracking, not
+        reporting."""
         utts = _first_per_language(read_utterances(manifest, langs), per_language)
-        return cls(utts, [load_audio(u.audio) for u in utts], tokenizer, config or DecodeConfig(beam=1))
+        return cls._from_utterances(utts, tokenizer, config or DecodeConfig(beam=1))
+
+    @classmethod
+    def _from_utterances(cls, utts: list[Utterance], tokenizer, config: DecodeConfig) -> Self:
+        return cls(utts, tokenizer, config)
 
     def __call__(self, model) -> dict:
-        decoder = Decoder(model, self.tokenizer, self.config)
-        hyps = decoder.decode(self.utts, progress=False, audio=self.audio)
+        hyps = self._hypotheses(Decoder(model, self.tokenizer, self.config))
         return dev_scores(self.utts, hyps, self.config.task)
 
+    def _hypotheses(self, decoder: Decoder) -> list[str]:
+        raise NotImplementedError
 
-class TextDevEvaluator:
+
+class DevEvaluator(_ManifestEvaluator):
+    """Callable ``(model) -> {"bleu", "chrf", "avg", "groups"}`` of the speech task (``config.task``).
+    Construction does no I/O; ``from_manifest`` reads the manifest and loads the audio once."""
+
+    def __init__(self, utts: Sequence[Utterance], audio: Sequence[np.ndarray], tokenizer, config: DecodeConfig):
+        super().__init__(utts, tokenizer, config)
+        self.audio = list(audio)
+
+    @classmethod
+    def _from_utterances(cls, utts: list[Utterance], tokenizer, config: DecodeConfig) -> Self:
+        from comsl.data.audio import load_audio
+
+        return cls(utts, [load_audio(u.audio) for u in utts], tokenizer, config)
+
+    def _hypotheses(self, decoder: Decoder) -> list[str]:
+        return decoder.decode(self.utts, progress=False, audio=self.audio)
+
+
+class TextDevEvaluator(_ManifestEvaluator):
     """Dev BLEU of the MT task (stage 1): transcript -> English with ``generate_text``, scored like
     ``DevEvaluator``. Construction does no I/O; use ``from_manifest``."""
 
     def __init__(self, utts: Sequence[Utterance], tokenizer, config: DecodeConfig):
-        self.utts = list(utts)
-        self.tokenizer = tokenizer
-        self.config = replace(config, device=None, task="st")
-        self.config.validate()
+        super().__init__(utts, tokenizer, replace(config, task="st"))
 
-    @classmethod
-    def from_manifest(
-        cls, manifest: str | os.PathLike, tokenizer, config: DecodeConfig | None = None,
-        langs: Iterable[str] | None = None, per_language: int | None = None,
-    ) -> "TextDevEvaluator":
-        return cls(_first_per_language(read_utterances(manifest, langs), per_language), tokenizer,
-                   config or DecodeConfig(beam=1))
-
-    def __call__(self, model) -> dict:
-        decoder = Decoder(model, self.tokenizer, self.config)
-        hyps = decoder.translate_texts([u.transcript for u in self.utts], [u.src_lang for u in self.utts])
-        return dev_scores(self.utts, hyps, "st")
+    def _hypotheses(self, decoder: Decoder) -> list[str]:
+        return decoder.translate_texts([u.transcript for u in self.utts], [u.src_lang for u in self.utts])
 
 
 def dev_scores(utts: Sequence[Utterance], hyps: Sequence[str], task: str) -> dict:
