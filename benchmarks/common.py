@@ -29,6 +29,9 @@ from comsl.models.composite import ComSLConfig, ComSLModel
 from comsl.objectives.multitask import ComSLMultiTaskLoss
 
 BOS, PAD, EOS = 0, 1, 2
+SPEECH_TOKEN_IDS = dict(pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS, decoder_start_token_id=BOS)
+"""Token ids inside the speech config's 64-entry vocabulary (Whisper's own defaults lie outside it, and
+transformers warns about them); the composite never runs the Whisper decoder they belong to."""
 LANG_IDS = list(range(4, 56))  # language-code tokens
 FIRST_WORD = 60
 N_MELS = 80
@@ -57,7 +60,8 @@ def bench_model(*, vocab: int = 8192, d_speech: int = 256, speech_layers: int = 
     speech = WhisperConfig(d_model=d_speech, encoder_layers=speech_layers, encoder_attention_heads=d_speech // 64,
                            encoder_ffn_dim=4 * d_speech, decoder_layers=1, decoder_attention_heads=d_speech // 64,
                            decoder_ffn_dim=4 * d_speech, num_mel_bins=N_MELS,
-                           max_source_positions=int(max_speech_seconds * 50), vocab_size=64)
+                           max_source_positions=int(max_speech_seconds * 50), vocab_size=64,
+                           **SPEECH_TOKEN_IDS)
     text = MBartConfig(vocab_size=vocab, d_model=d_text, encoder_layers=text_layers, decoder_layers=text_layers,
                        encoder_attention_heads=d_text // 64, decoder_attention_heads=d_text // 64,
                        encoder_ffn_dim=4 * d_text, decoder_ffn_dim=4 * d_text, max_position_embeddings=1024,

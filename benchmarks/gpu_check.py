@@ -55,7 +55,7 @@ import torch  # noqa: E402
 from transformers import MBartConfig, WhisperConfig  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import EOS, PAD, comsl_loss, covost_like, make_batch  # noqa: E402
+from common import EOS, PAD, SPEECH_TOKEN_IDS, comsl_loss, covost_like, make_batch  # noqa: E402
 from flops import comsl_step_flops  # noqa: E402
 
 from comsl.config import OptimConfig, TrainConfig  # noqa: E402
@@ -76,7 +76,7 @@ def build(shape: dict, seed: int = 0) -> ComSLModel:
                            encoder_attention_heads=shape["heads_speech"], encoder_ffn_dim=4 * shape["d_speech"],
                            decoder_layers=1, decoder_attention_heads=shape["heads_speech"],
                            decoder_ffn_dim=4 * shape["d_speech"], num_mel_bins=80, max_source_positions=1500,
-                           vocab_size=64)
+                           vocab_size=64, **SPEECH_TOKEN_IDS)
     text = MBartConfig(vocab_size=shape["vocab"], d_model=shape["d_text"], encoder_layers=shape["text_layers"],
                        decoder_layers=shape["text_layers"], encoder_attention_heads=shape["heads_text"],
                        decoder_attention_heads=shape["heads_text"], encoder_ffn_dim=shape["ffn_text"],

@@ -18,6 +18,7 @@ from common import bench_model, comsl_loss, covost_like, make_batch  # noqa: E40
 from flops import comsl_step_flops  # noqa: E402
 
 from comsl.config import ObjectiveConfig  # noqa: E402
+from tests.helpers import transformers_warnings  # noqa: E402
 
 ST_ONLY = ObjectiveConfig(w_asr=0.0, w_st=1.0, w_mt=0.0, w_cml=0.0, lambda_st=0.0, lambda_mt=0.0)
 
@@ -42,6 +43,12 @@ def test_counted_flops_match_torch_flop_counter(cfg):
     assert ("teacher" in counted) == (cfg.lambda_mt > 0)
 
 
+def test_bench_model_config_raises_no_transformers_warning():
+    with transformers_warnings() as caught:
+        bench_model(vocab=300, d_speech=64, speech_layers=1, d_text=64, text_layers=1)
+    assert caught == []
+
+
 def test_gpu_check_runs_on_cpu_tiny(tmp_path):
     from training.tiny_task import clean_env  # without the process-group variables an in-process run left
 
@@ -52,3 +59,4 @@ def test_gpu_check_runs_on_cpu_tiny(tmp_path):
     assert float(last["resume_rel_diff"]) == 0.0
     assert float(last["step_s"]) > 0 and float(last["model_tflops"]) > 0 and float(last["checkpoint_mib"]) > 0
     assert float(last["generate_s"]) > 0
+    assert "[transformers]" not in proc.stdout + proc.stderr  # no log line of transformers
