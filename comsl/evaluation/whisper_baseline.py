@@ -30,13 +30,13 @@ def whisper_language(covost_lang: str) -> str:
     return base_code(covost_lang)
 
 
-def _load(model_dir: Path, device: str):
+def _load(model_dir: Path, device: str, dtype: torch.dtype):
     from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperTokenizer
 
     if not (model_dir / "config.json").is_file():
         raise CheckpointError(f"{model_dir}: no config.json; expected a Hugging Face Whisper directory "
                               "(e.g. from `comsl fetch whisper-base`)")
-    model = WhisperForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
+    model = WhisperForConditionalGeneration.from_pretrained(model_dir, dtype=dtype).to(device).eval()
     return model, WhisperFeatureExtractor.from_pretrained(model_dir), WhisperTokenizer.from_pretrained(model_dir)
 
 
@@ -48,6 +48,7 @@ def whisper_zero_shot(
     batch_size: int = 16,
     max_new_tokens: int = 128,
     device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
 ) -> dict[str, list[str]]:
     """Translate every utterance to English with Whisper's own ``translate`` task.
 
@@ -59,6 +60,8 @@ def whisper_zero_shot(
         batch_size: utterances per ``generate`` call, languages mixed (outputs do not depend on it).
         max_new_tokens: cap on generated tokens per utterance (TTS speech can make Whisper loop).
         device: torch device.
+        dtype: weights and features dtype (``torch.bfloat16`` runs the 30 s encoder on bf16 matrix units;
+            hypotheses can then differ from float32 ones, as they do between GPU fp16 and fp32 runs).
 
     Returns:
         Same keys, the English hypotheses in input order (leading/trailing spaces stripped).
@@ -70,7 +73,7 @@ def whisper_zero_shot(
     from transformers import GenerationMixin
 
     model_dir = Path(model_dir)
-    model, feature_extractor, tokenizer = _load(model_dir, device)
+    model, feature_extractor, tokenizer = _load(model_dir, device, dtype)
     items = _checked_items(model, model_dir, waveforms_by_lang, feature_extractor.n_samples)
     gen = _generation_config(model, beam, max_new_tokens)
     results: dict[str, list[str]] = {lang: [""] * len(w) for lang, w in waveforms_by_lang.items()}
@@ -79,7 +82,7 @@ def whisper_zero_shot(
                       disable=len(items) <= batch_size):
         batch = items[start: start + batch_size]
         features = feature_extractor([np.asarray(w, dtype=np.float32) for _, _, w in batch],
-                                     sampling_rate=SAMPLING_RATE, return_tensors="pt").input_features.to(device)
+                                     sampling_rate=SAMPLING_RATE, return_tensors="pt").input_features.to(device, dtype)
         # GenerationMixin's generate, not Whisper's override: the override (long-form, temperature fallback,
         # timestamps; none used here) hands its own config plus suppress-token kwargs to the generic generate,
         # which logs a deprecation warning whatever the caller passes (transformers 5.24).

@@ -12,10 +12,13 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from comsl.data.audio import load_audio
 from comsl.errors import ComSLError
 from comsl.evaluation.decode import read_utterances
 from comsl.evaluation.whisper_baseline import whisper_zero_shot
+from comsl.training.precision import DTYPES, resolve_precision
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--beam", type=int, default=5, help="beam size")
     p.add_argument("--max-new-tokens", type=int, default=48, help="length cap (TTS speech can make Whisper loop)")
     p.add_argument("--batch-size", type=int, default=16, help="utterances per generate call, languages mixed")
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                   help="auto: bf16 where the CPU has bf16 matrix units (as comsl trains), else fp32")
     p.add_argument("--out", required=True, help="output directory for <lang>.txt")
     args = p.parse_args(argv)
     try:
@@ -33,9 +38,10 @@ def main(argv: list[str] | None = None) -> int:
         waveforms: dict[str, list] = {}
         for u in utts:
             waveforms.setdefault(u.src_lang, []).append(load_audio(u.audio))
+        precision = resolve_precision(args.precision, torch.device("cpu"))
         start = time.time()
         hyps = whisper_zero_shot(args.whisper, waveforms, beam=args.beam, batch_size=args.batch_size,
-                                 max_new_tokens=args.max_new_tokens)
+                                 max_new_tokens=args.max_new_tokens, dtype=DTYPES.get(precision, torch.float32))
     except ComSLError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -43,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for lang, lines in hyps.items():
         (out / f"{lang}.txt").write_text("".join(line.replace("\n", " ") + "\n" for line in lines))
-    print(f"whisper_zero_shot: {len(utts)} utterances in {time.time() - start:.0f} s -> {out}")
+    print(f"whisper_zero_shot: {len(utts)} utterances in {time.time() - start:.0f} s ({precision}) -> {out}")
     return 0
 
 

@@ -112,6 +112,19 @@ def test_zero_shot_logs_no_transformers_warning_and_decodes_as_greedy_by_hand(ta
     assert all(hyps.values()) and all(0 < len(h) <= 4 for v in hyps.values() for h in v)  # not vacuous
 
 
+def test_zero_shot_in_bf16_runs_weights_and_features_in_bf16(talkative_hf, monkeypatch):
+    import torch
+    from transformers import GenerationMixin
+
+    seen, real = [], GenerationMixin.generate
+    monkeypatch.setattr(GenerationMixin, "generate", lambda self, features, **kw: seen.append(
+        (next(self.parameters()).dtype, features.dtype)) or real(self, features, **kw))
+    hyps = whisper_zero_shot(talkative_hf, _noisy_inputs(), beam=1, batch_size=8, max_new_tokens=4,
+                             dtype=torch.bfloat16)
+    assert seen == [(torch.bfloat16, torch.bfloat16)]
+    assert [len(v) for v in hyps.values()] == [2, 2, 1] and all(0 < len(h) <= 4 for v in hyps.values() for h in v)
+
+
 def test_bad_inputs_are_named(tiny_hf, tmp_path):
     with pytest.raises(DataError, match="language 'ja' \\(Whisper code 'ja'\\) is not one of"):
         whisper_zero_shot(tiny_hf, {"ja": _waves(1, 0)})
