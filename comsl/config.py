@@ -150,6 +150,14 @@ class DataConfig:
     max_tokens_per_batch: int = 4096
     """Cap on padded target tokens per batch."""
 
+    mt_manifest: str | None = None
+    """Text-only pairs added to the MT task in stage 2 (e.g. the mini recipe's ``text_train.tsv``): each step
+    L_MT (and its teacher term) also sees a batch of them; None = the speech batch's transcripts only, as the
+    paper. Stage 1 (``train.stage=mt``) trains on ``train_manifest`` itself and refuses it."""
+
+    mt_tokens_per_batch: int = 1024
+    """Cap on padded tokens of that extra text batch per step (per rank), batched by token length."""
+
     num_buckets: int = 10
     """Length buckets along speech frames (text-only training: along tokens), of similar total length;
     each step every rank draws a batch from the same bucket. Fewer when the data fills fewer."""
@@ -581,6 +589,7 @@ def validate(cfg: Any, source: str = "config") -> None:
             normalize_lang(lang)
         except ValueError as err:
             errors.append(f"data.langs[{i}]: {err}")
+    errors += _mt_text_errors(cfg)
     if not cfg.data.train_manifest:
         errors.append("data.train_manifest: required (a manifest written by `comsl prepare`)")
     if errors:
@@ -604,4 +613,18 @@ def _bucket_errors(data: DataConfig) -> list[str]:
         for name, low in (("max_frames", 0), ("max_tokens", 1), ("batch_size", 1)):
             if getattr(b, name) < low:
                 errors.append(f"data.buckets[{k}].{name}: must be >= {low}, got {getattr(b, name)}")
+    return errors
+
+
+def _mt_text_errors(cfg: ExperimentConfig) -> list[str]:
+    """Checks of the stage-2 extra MT text (``data.mt_manifest``); the file itself is checked by the task."""
+    d = cfg.data
+    if not d.mt_manifest:
+        return []
+    errors = []
+    if cfg.train.stage == "mt":
+        errors.append(f"data.mt_manifest: only for train.stage=comsl; stage 1 (train.stage=mt) trains on "
+                      f"data.train_manifest itself: point that at {d.mt_manifest} and drop data.mt_manifest")
+    if d.mt_tokens_per_batch < 1:
+        errors.append(f"data.mt_tokens_per_batch: must be >= 1 with data.mt_manifest set, got {d.mt_tokens_per_batch}")
     return errors

@@ -93,6 +93,22 @@ def test_values_out_of_range_are_refused_by_key(tmp_path, override):
     assert BAD_VALUES[override].replace("RUN", run) in str(err.value)
 
 
+def test_extra_mt_text_keys_are_checked_by_name(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text("data:\n  train_manifest: x.tsv\n")
+    text = ["data.mt_manifest=text_train.tsv"]
+    cfg = load_config(good, [*text, "data.mt_tokens_per_batch=512"])
+    assert (cfg.data.mt_manifest, cfg.data.mt_tokens_per_batch) == ("text_train.tsv", 512)
+    with pytest.raises(ConfigError, match="data.mt_tokens_per_batch: must be >= 1 with data.mt_manifest set, got 0"):
+        load_config(good, [*text, "data.mt_tokens_per_batch=0"])
+    assert load_config(good, ["data.mt_tokens_per_batch=0"]).data.mt_manifest is None  # unused without the text
+    with pytest.raises(ConfigError, match="data.mt_manifest: only for train.stage=comsl; stage 1 .* trains on "
+                                          "data.train_manifest itself"):
+        load_config(good, [*text, "train.stage=mt"])
+    with pytest.raises(ConfigError, match="data.mt_tokens_per_batch: expected int"):
+        load_config(good, [*text, "data.mt_tokens_per_batch=many"])
+
+
 def test_a_stage_reading_another_run_dir_is_accepted(tmp_path):
     good = tmp_path / "good.yaml"
     good.write_text("data:\n  train_manifest: x.tsv\n")

@@ -298,13 +298,21 @@ def pad_ids(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, t
 
 def padding_counts(batch: dict) -> dict[str, tuple[int, int]]:
     """``{"frames": (padded, real), "tokens": (padded, real)}`` of a collated batch, from its masks
-    (speech frames or samples; transcript and translation tokens together); a missing part is left out."""
+    (speech frames or samples; transcript and translation tokens together); a missing part is left out.
+    With extra MT text (``mt_extra``) also ``mt_tokens``: the MT pass's input, the batch's rows and the
+    extra rows padded together to the longest (as ``comsl.models.encodings`` runs them)."""
     out = {}
     if batch.get("speech_mask") is not None:
         out["frames"] = (batch["speech_mask"].numel(), int(batch["speech_mask"].sum()))
-    masks = [batch[k] for k in ("transcript_mask", "translation_mask") if batch.get(k) is not None]
+    keys = ("transcript_mask", "translation_mask")
+    masks = [batch[k] for k in keys if batch.get(k) is not None]
     if masks:
         out["tokens"] = (sum(m.numel() for m in masks), sum(int(m.sum()) for m in masks))
+    extra = batch.get("mt_extra")
+    pairs = [(batch[k], extra[k]) for k in keys if extra is not None and k in batch and k in extra]
+    if pairs:
+        out["mt_tokens"] = (sum((a.shape[0] + b.shape[0]) * max(a.shape[1], b.shape[1]) for a, b in pairs),
+                            sum(int(a.sum()) + int(b.sum()) for a, b in pairs))
     return out
 
 

@@ -9,7 +9,9 @@ Passes per batch (each only when the plan asks):
   * speech encoder + adapter: once, shared by ASR, ST, CML, CTC and matching;
   * text encoder over [lang ; speech]: once, shared by ASR and ST (and ERM's speech-only side);
   * text encoder over the transcript (MT): with gradient for L_MT, or without (``mt_target``) when only
-    DDM needs the MT distribution;
+    DDM needs the MT distribution; L_MT's rows are the batch's B transcripts followed by the extra text
+    rows of ``batch["mt_extra"]`` (stage 2's ``data.mt_manifest``), right-padded to the longest, and DDM
+    reads only the first B;
   * text encoder over [lang ; speech ; masked transcript]: once for MTP, STM_src, STM_tgt, ERM.
 Decoder passes with the same targets (MT + ST + STM_tgt; ASR + STM_src + MTP) run as one batched call.
 """
@@ -69,7 +71,8 @@ class Encodings:
     """What one training forward produced."""
 
     states: dict[str, torch.Tensor] = field(default_factory=dict)
-    """Task -> decoder states (B, L, D) before the LM head: mt, mt_target, st, asr, stm_src, stm_tgt, mtp."""
+    """Task -> decoder states (B, L, D) before the LM head: mt, mt_target, st, asr, stm_src, stm_tgt, mtp;
+    ``mt`` is (B + E, L', D) with E extra text rows after the batch's own (``mt_extra``)."""
     labels: dict[str, torch.Tensor] = field(default_factory=dict)
     """Task -> labels (B, L) of those states (-100 = not scored)."""
     erm: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
@@ -85,18 +88,36 @@ class Encodings:
 
 def decode_group(model: ComSLModel, jobs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
                  ) -> list[torch.Tensor]:
-    """Run several teacher-forced decodes ``(decoder_input_ids (B, L), enc (B, S_i, D), enc_mask (B, S_i))``
-    as one batched decoder call (encoder states right-padded to the longest); returns their decoder
-    states (B, L, D), before the LM head."""
+    """Run several teacher-forced decodes ``(decoder_input_ids (B_i, L_i), enc (B_i, S_i, D), enc_mask (B_i, S_i))``
+    as one batched decoder call (decoder inputs and encoder states right-padded to the longest: the causal
+    decoder's first L_i states do not see the padding after them); returns their decoder states
+    (B_i, L_i, D), before the LM head."""
     if len(jobs) == 1:
         return [model.decode_hidden(*jobs[0])]
     width = max(enc.shape[1] for _, enc, _ in jobs)
+    length = max(d.shape[1] for d, _, _ in jobs)
     hidden = model.decode_hidden(
-        torch.cat([d for d, _, _ in jobs]),
+        torch.cat([nn.functional.pad(d, (0, length - d.shape[1]), value=model.config.text_config.pad_token_id)
+                   for d, _, _ in jobs]),
         torch.cat([nn.functional.pad(e, (0, 0, 0, width - e.shape[1])) for _, e, _ in jobs]),
         torch.cat([nn.functional.pad(m, (0, width - m.shape[1])) for _, _, m in jobs]),
     )
-    return list(hidden.split([d.shape[0] for d, _, _ in jobs]))
+    return [h[:, : d.shape[1]] for h, (d, _, _) in zip(hidden.split([d.shape[0] for d, _, _ in jobs]), jobs)]
+
+
+def mt_rows(batch: dict, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """L_MT's input: transcript ids/mask and translation ids/mask (B + E, L) of the batch's B pairs followed
+    by the E extra text pairs of ``batch["mt_extra"]`` (none without it), right-padded to the longest."""
+    keys = ("transcript_ids", "transcript_mask", "translation_ids", "translation_mask")
+    extra = batch.get("mt_extra")
+    if extra is None:
+        return tuple(batch[k] for k in keys)
+    out = []
+    for k in keys:
+        a, b = batch[k], extra[k]
+        width, value = max(a.shape[1], b.shape[1]), pad_id if k.endswith("_ids") else 0
+        out.append(torch.cat([nn.functional.pad(t, (0, width - t.shape[1]), value=value) for t in (a, b)]))
+    return tuple(out)
 
 
 def encode_batch(model: ComSLModel, batch: dict, plan: Plan) -> Encodings:
@@ -110,7 +131,9 @@ def encode_batch(model: ComSLModel, batch: dict, plan: Plan) -> Encodings:
     tgt_jobs: dict[str, tuple] = {}  # decodes of the translation, batched together
     src_jobs: dict[str, tuple] = {}  # decodes of the transcript
     if plan.mt:
-        tgt_jobs["mt"] = (tgt_in, model.encode_text(tr_ids, tr_mask).last_hidden_state, tr_mask)
+        mt_ids, mt_mask, mt_tgt, mt_tgt_mask = mt_rows(batch, model.config.text_config.pad_token_id)
+        mt_in, out.labels["mt"] = model.teacher_forcing(mt_tgt, mt_tgt_mask)
+        tgt_jobs["mt"] = (mt_in, model.encode_text(mt_ids, mt_mask).last_hidden_state, mt_mask)
     elif plan.mt_target:
         with torch.no_grad():  # a constant target: no autograd state
             mt_enc = model.encode_text(tr_ids, tr_mask).last_hidden_state

@@ -10,7 +10,8 @@ L = w_asr·L_ASR + w_st·L_ST + w_mt·L_MT + w_cml·L_CML (+ w_ctc·L_CTC + w_ma
    cross-entropy (``head_cross_entropy``):
      ASR      CE(P(x | speech), x)
      ST       mixed CE towards sg(P_MT) with λs (decoder distribution matching)
-     MT       mixed CE towards the frozen teacher's distribution with λt
+     MT       mixed CE towards the frozen teacher's distribution with λt, over the batch's transcripts and
+              stage 2's extra text rows (``batch["mt_extra"]``, ``data.mt_manifest``)
      CML      (STM_src + STM_tgt + MTP) / 3 + w_erm · ERM
 """
 
@@ -55,6 +56,8 @@ def score(cfg: ObjectiveConfig, enc: Encodings, model: ComSLModel, batch: dict, 
         parts["mt"] = ce(states["mt"], labels["mt"], lam=cfg.lambda_mt, **soft)
     if "st" in states:
         mt = states["mt"] if "mt" in states else states.get("mt_target")
+        if mt is not None:  # DDM's target: the batch's own rows (not the extra MT text), at ST's length
+            mt = mt[: states["st"].shape[0], : states["st"].shape[1]]
         parts["st"] = ce(states["st"], labels["st"], soft_hidden=mt, lam=cfg.lambda_st)
     if "asr" in states:
         parts["asr"] = ce(states["asr"], labels["asr"])

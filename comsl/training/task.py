@@ -16,13 +16,17 @@ Contract the pieces must satisfy (the trainer relies on nothing else):
   order that depends only on (seed, epoch). The trainer restores the position itself (``set_epoch``,
   then skipping the batches already consumed) and never calls the sampler's ``load_state_dict``.
 - ``collate_fn`` may return None (every utterance of the batch failed to decode): the batch is skipped.
+- ``mt_text`` (optional): a second, text-only data stream; the trainer attaches its next batch to every
+  training batch as ``batch["mt_extra"]`` and saves its position (epoch, batch) with its own.
 - ``evaluate_fn(model) -> {"bleu": {lang: float}, "avg": float}``: called on every rank (ZeRO-3
   needs them all) under ``torch.no_grad`` in eval mode; rank 0's result is logged.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from torch import nn
@@ -42,6 +46,22 @@ from comsl.objectives import ComSLMultiTaskLoss
 from comsl.run_layout import resolve_checkpoint
 from comsl.training.checkpoint import seed_everything
 from comsl.training.engine import dist_info
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True)
+class TextBatches:
+    """A text-only stream of batches drawn alongside the training batches (stage 2's extra MT text)."""
+
+    dataset: Sequence
+    """Text examples, indexed by the sampler."""
+
+    sampler: Any
+    """Batch sampler over ``dataset`` with ``set_epoch(e)``, as ``TrainTask.sampler``."""
+
+    collate_fn: Callable
+    """Examples -> text batch dict (``transcript_ids/_mask``, ``translation_ids/_mask``)."""
 
 
 @dataclass(kw_only=True)
@@ -68,6 +88,9 @@ class TrainTask:
 
     tokenizer: Any = None
     """Saved with every exported model (``save_pretrained``) when given."""
+
+    mt_text: TextBatches | None = None
+    """Extra text for the MT task, one batch per training batch as ``batch["mt_extra"]``; None = none."""
 
 
 def resolve_tokenizer_dir(cfg: ExperimentConfig) -> str:
@@ -104,6 +127,9 @@ def build_task(cfg: ExperimentConfig) -> TrainTask:
     """Build the ComSL (``train.stage=comsl``) or MT pre-finetune (``train.stage=mt``) task:
     tokenizer -> model (+ stage-1 language blocks) -> teacher -> loss -> data -> dev evaluation."""
     seed_everything(cfg.train.seed)
+    if cfg.data.mt_manifest and not Path(cfg.data.mt_manifest).is_file():
+        raise ConfigError(f"data.mt_manifest: {cfg.data.mt_manifest}: file not found (the mini recipe writes "
+                          "<manifests>/text_train.tsv in run.sh stage 1); fix the path or set it to null")
     rank, world_size, _ = dist_info()
     tokenizer = load_tokenizer(resolve_tokenizer_dir(cfg))
     objectives = stage_objectives(cfg)
@@ -145,9 +171,28 @@ def build_task(cfg: ExperimentConfig) -> TrainTask:
                                   num_token_buckets=d.num_token_buckets, seed=cfg.train.seed, rank=rank,
                                   buckets=[(b.max_frames, b.max_tokens, b.batch_size) for b in d.buckets],
                                   world_size=world_size)
+    mt_text = None
+    if speech and cfg.data.mt_manifest:
+        mt_text = _mt_text(cfg, tokenizer, max_text, objectives, rank, world_size)
     return TrainTask(model=model, loss_fn=loss, dataset=dataset, sampler=sampler,
                      collate_fn=Collator(tokenizer.pad_token_id, frontend),
-                     evaluate_fn=_evaluator(cfg, tokenizer, speech), tokenizer=tokenizer)
+                     evaluate_fn=_evaluator(cfg, tokenizer, speech), tokenizer=tokenizer, mt_text=mt_text)
+
+
+def _mt_text(cfg: ExperimentConfig, tokenizer, max_text: int, objectives: ObjectiveConfig, rank: int,
+             world_size: int) -> TextBatches | None:
+    """Stage 2's extra MT text (``data.mt_manifest``, restricted to ``data.langs``), batched by token length
+    as stage 1 batches it and sharded like the training sampler; None when no L_MT would read it."""
+    d = cfg.data
+    if objectives.w_mt <= 0:
+        log.warning("data.mt_manifest is not used: objectives.w_mt is 0 (the extra text only feeds L_MT)")
+        return None
+    dataset = TextPairDataset(_manifest_entries(d.mt_manifest, d.langs), tokenizer)
+    dataset.drop_long_text(max_text)
+    sampler = LengthBucketSampler(dataset.token_lengths(), None, max_tokens=d.mt_tokens_per_batch,
+                                  num_buckets=d.num_buckets, num_token_buckets=1, seed=cfg.train.seed,
+                                  rank=rank, world_size=world_size)
+    return TextBatches(dataset=dataset, sampler=sampler, collate_fn=Collator(tokenizer.pad_token_id))
 
 
 def _manifest_entries(path: str, langs: list[str]) -> list[dict]:

@@ -96,6 +96,18 @@ class _Fetch:
         return len(indices), self.collate_fn([self.dataset[i] for i in indices])
 
 
+def _epoch_index_lists(sampler, epoch: int, skip: int, what: str) -> list:
+    """This rank's index lists of ``epoch`` after the first ``skip`` (already consumed); the order depends
+    only on (seed, epoch). Raises DataError when the sampler gives this rank no batch at all."""
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
+    index_lists = list(iter(sampler))
+    if not index_lists:
+        raise DataError(f"the {what} sampler produced no batch for this rank "
+                        "(empty manifest, or every utterance filtered out?)")
+    return index_lists[skip:]
+
+
 def _add_padding(window: dict[str, list], batches: list[Any]) -> None:
     """Padded and real frame/token counts into the log window, logged as ``pad_ratio/*`` = padded / real."""
     for batch in batches:
@@ -125,6 +137,8 @@ class Trainer:
         self.step = 0
         self.epoch = 0
         self.batch_in_epoch = 0
+        self.mt_epoch = 0  # position of the extra MT text stream (task.mt_text)
+        self.mt_batch_in_epoch = 0
         self.nonfinite_consecutive = 0
         self.nonfinite_total = 0
         self.empty_batches = 0
@@ -165,16 +179,10 @@ class Trainer:
         The position is ours: ``set_epoch`` then skip the batches already consumed (the sampler's own
         ``load_state_dict`` is never called, so prefetching workers cannot make it run ahead).
         """
-        sampler = self.task.sampler
         fetch = _Fetch(self.task.dataset, self.task.collate_fn)
+        text = self._text_batches() if self.task.mt_text is not None else None
         while True:
-            if hasattr(sampler, "set_epoch"):
-                sampler.set_epoch(self.epoch)
-            index_lists = list(iter(sampler))
-            if not index_lists:
-                raise DataError("the training sampler produced no batch for this rank "
-                                "(empty manifest, or every utterance filtered out?)")
-            remaining = index_lists[self.batch_in_epoch:]
+            remaining = _epoch_index_lists(self.task.sampler, self.epoch, self.batch_in_epoch, "training")
             if self.num_workers > 0:
                 # Own generator: creating workers must not draw from the global RNG (exact resume).
                 loader = torch.utils.data.DataLoader(
@@ -190,15 +198,29 @@ class Trainer:
                     self.empty_batches += 1
                     log.warning("epoch %d batch %d: no decodable utterance, skipped", self.epoch, self.batch_in_epoch)
                     continue
+                if text is not None:
+                    batch["mt_extra"] = next(text)
                 yield n, batch
             self.epoch += 1
             self.batch_in_epoch = 0
+
+    def _text_batches(self) -> Iterator[Any]:
+        """Endless batches of the extra MT text (``task.mt_text``), in-process (text collation is cheap);
+        its own epochs and position, saved with the trainer state."""
+        extra = self.task.mt_text
+        while True:
+            for indices in _epoch_index_lists(extra.sampler, self.mt_epoch, self.mt_batch_in_epoch, "MT text"):
+                self.mt_batch_in_epoch += 1
+                yield extra.collate_fn([extra.dataset[i] for i in indices])
+            self.mt_epoch += 1
+            self.mt_batch_in_epoch = 0
 
     # ------------------------------------------------------------------ checkpoints
 
     def _trainer_state(self) -> dict:
         return {
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+            "mt_epoch": self.mt_epoch, "mt_batch_in_epoch": self.mt_batch_in_epoch,
             "nonfinite_consecutive": self.nonfinite_consecutive, "nonfinite_total": self.nonfinite_total,
             "best": self.best, "dev_bleu_avg": self.last_dev, "world_size": self.engine.world_size,
             "engine": self.train.engine, "stage": self.train.stage,
@@ -248,6 +270,8 @@ class Trainer:
         self.step = state["step"]
         self.epoch = state["epoch"]
         self.batch_in_epoch = state["batch_in_epoch"]
+        self.mt_epoch = state.get("mt_epoch", 0)  # absent: written before the extra MT text existed
+        self.mt_batch_in_epoch = state.get("mt_batch_in_epoch", 0)
         self.nonfinite_consecutive = state["nonfinite_consecutive"]
         self.nonfinite_total = state["nonfinite_total"]
         self.best = state.get("best", [])

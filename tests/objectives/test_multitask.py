@@ -207,3 +207,57 @@ def test_ddm_target_and_teacher_run_without_autograd_state(make_model, tokenizer
     teacher.register_forward_pre_hook(lambda m, args: seen.append(torch.is_grad_enabled()))
     make_loss(tokenizer, teacher)(model, batch)
     assert seen == [False]
+
+
+def _text_batch(tokenizer, pairs):
+    from comsl.data.batching import pad_ids
+    from comsl.data.processor import encode
+
+    tr, tr_mask = pad_ids([encode(tokenizer, src, lang) for src, lang, _ in pairs], tokenizer.pad_token_id)
+    tg, tg_mask = pad_ids([encode(tokenizer, tgt, "en") for _, _, tgt in pairs], tokenizer.pad_token_id)
+    return dict(transcript_ids=tr, transcript_mask=tr_mask, translation_ids=tg, translation_mask=tg_mask)
+
+
+EXTRA = [("le chien dort sur le tapis du chat assis", "fr", "the dog sleeps on the mat of the sitting cat"),
+         ("der Hund", "de", "the dog"), ("le chat", "fr", "the cat sat on the mat and the dog sleeps")]
+
+
+def _scored(batch):
+    return int(batch["translation_mask"].sum()) - batch["translation_mask"].shape[0]  # the lang token is not scored
+
+
+def test_extra_mt_text_joins_the_mt_pass_and_the_teacher_but_not_ddm(make_model, tokenizer, batch, monkeypatch):
+    """L_MT over the batch's 2 pairs + 3 extra rows is the token-weighted mean of L_MT over each alone (teacher
+    term included); one MT encoder call of 5 rows; ST's DDM target reads the batch's own rows only."""
+    model, teacher = make_model(seed=0), make_model(seed=1)  # eval mode: deterministic passes
+    loss = make_loss(tokenizer, teacher)
+    extra = _text_batch(tokenizer, EXTRA)
+    assert extra["translation_ids"].shape[1] > batch["translation_ids"].shape[1]  # padding to the longest is exercised
+    rows = []
+    monkeypatch.setattr(model, "encode_text", lambda ids, mask, _f=model.encode_text: rows.append(ids.shape[0])
+                        or _f(ids, mask))
+    torch.manual_seed(0)
+    _, with_extra = loss(model, {**batch, "mt_extra": extra})
+    assert rows == [5]
+    torch.manual_seed(0)
+    _, plain = loss(model, batch)
+    text_only = {k: v for k, v in batch.items() if not k.startswith("speech")}
+    mt_alone = make_loss(tokenizer, teacher, w_asr=0, w_st=0, w_cml=0)
+    own, other = mt_alone(model, text_only)[1]["mt"].item(), mt_alone(model, extra)[1]["mt"].item()
+    n_own, n_other = _scored(batch), _scored(extra)
+    assert float(plain["mt"]) == pytest.approx(own, rel=1e-5)
+    assert float(with_extra["mt"]) == pytest.approx((n_own * own + n_other * other) / (n_own + n_other), rel=1e-5)
+    assert abs(float(with_extra["mt"]) - own) > 1e-3
+    for name in ("st", "asr", "mtp", "stm_src", "stm_tgt", "erm"):
+        assert float(with_extra[name]) == pytest.approx(float(plain[name]), rel=1e-5), name
+
+
+def test_extra_mt_text_is_skipped_when_only_ddm_needs_the_mt_pass(make_model, tokenizer, batch, monkeypatch):
+    model = make_model()
+    rows = []
+    monkeypatch.setattr(model, "encode_text", lambda ids, mask, _f=model.encode_text: rows.append(ids.shape[0])
+                        or _f(ids, mask))
+    loss = make_loss(tokenizer, None, w_asr=0, w_mt=0, w_cml=0, lambda_st=0.8)
+    _, parts = loss(model, {**batch, "mt_extra": _text_batch(tokenizer, EXTRA)})
+    assert rows == [2] and set(parts) == {"st"}
+    assert float(parts["st"]) == pytest.approx(float(loss(model, batch)[1]["st"]), rel=1e-6)

@@ -48,6 +48,22 @@ def test_exact_resume_in_a_fresh_process(tmp_path):
     assert (tmp_path / "a" / "config.yaml").is_file()
 
 
+def test_exact_resume_with_extra_mt_text_in_a_fresh_process(tmp_path):
+    """The second stream (stage 2's data.mt_manifest) continues mid-epoch after a resume: its position is
+    saved with the trainer state."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    straight, _ = fit(a, task=make_task(record=a / "batches_rank0.jsonl", mt_text=True), max_steps=8)
+    fit(b, task=make_task(record=b / "batches_rank0.jsonl", mt_text=True), max_steps=8, stop_after=4)
+    state = json.loads((b / "checkpoints" / "step_4" / "trainer_state.json").read_text())
+    assert (state["mt_epoch"], state["mt_batch_in_epoch"]) == (0, 4)  # mid-epoch: 4 of its 6 batches
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(b), "--record", "--mt-text"],
+                          env=clean_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_same_run(a, b, trained_params(straight))
+    seen = [json.loads(line)["mt_ids"] for line in (a / "batches_rank0.jsonl").read_text().splitlines()]
+    assert len(seen) == 8 and sum(map(len, seen[:6])) == 20 and seen[6] != seen[0]  # an epoch, then a new order
+
+
 def test_failed_save_keeps_previous_checkpoint_and_resume_uses_it(tmp_path, monkeypatch):
     out = tmp_path / "run"
     real = ckpt.write_common_files

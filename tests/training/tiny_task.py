@@ -20,7 +20,7 @@ from torch import nn
 from comsl.config import OptimConfig, TrainConfig
 from comsl.training.engine import dist_info
 from comsl.training.logging import read_metrics
-from comsl.training.task import TrainTask
+from comsl.training.task import TextBatches, TrainTask
 from comsl.training.trainer import Trainer
 
 D_IN, HIDDEN, N_OUT, N_EXAMPLES = 8, 16, 4, 48
@@ -96,6 +96,9 @@ class TinyLoss:
         logits = model(batch["x"])
         self.logit_dtypes.add(logits.dtype)
         ce = nn.functional.cross_entropy(logits, batch["y"])
+        extra = batch.get("mt_extra")  # the task's second stream (``make_task(mt_text=True)``)
+        if extra is not None:
+            ce = ce + nn.functional.cross_entropy(model(extra["x"]), extra["y"])
         aux = 0.01 * logits.float().pow(2).mean()
         total = ce + aux
         if step in self.nan_steps:
@@ -104,15 +107,19 @@ class TinyLoss:
             total = total + torch.sqrt(0.0 * logits.float().sum())
         if self.record is not None:
             with self.record.open("a") as f:
-                f.write(json.dumps({"ids": batch["ids"]}) + "\n")
+                f.write(json.dumps({"ids": batch["ids"], **({"mt_ids": extra["ids"]} if extra else {})}) + "\n")
         return total, {"ce": ce, "aux": aux}
 
 
-def make_dataset(seed: int = 0) -> list[dict]:
+def make_dataset(seed: int = 0, n: int = N_EXAMPLES, prefix: str = "utt") -> list[dict]:
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(N_EXAMPLES, D_IN, generator=g)
+    x = torch.randn(n, D_IN, generator=g)
     y = (x[:, 0] > 0).long() + 2 * (x[:, 1] > 0).long()
-    return [{"id": f"utt{i}", "x": x[i], "y": int(y[i])} for i in range(N_EXAMPLES)]
+    return [{"id": f"{prefix}{i}", "x": x[i], "y": int(y[i])} for i in range(n)]
+
+
+N_TEXT = 20
+"""Examples of the second stream: 6 batches an epoch (3, 4, 5, 3, 4, 1), so 8 steps cross an epoch."""
 
 
 class TinySampler:
@@ -149,7 +156,7 @@ def collate(examples: list[dict]) -> dict:
 
 
 def make_task(*, seed: int = 1, hidden: int = HIDDEN, nan_steps=None, record: Path | None = None,
-              evaluate: bool = False, nan_grad_steps=None) -> TrainTask:
+              evaluate: bool = False, nan_grad_steps=None, mt_text: bool = False) -> TrainTask:
     torch.manual_seed(seed)
     model = TinyModel(hidden=hidden)
     rank, world, _ = dist_info()
@@ -162,9 +169,13 @@ def make_task(*, seed: int = 1, hidden: int = HIDDEN, nan_steps=None, record: Pa
         acc = float((m(xs.to(next(m.parameters()).dtype)).argmax(-1) == ys).float().mean() * 100)
         return {"bleu": {"fr": acc}, "avg": acc}
 
+    text = None
+    if mt_text:
+        text = TextBatches(dataset=make_dataset(seed=1, n=N_TEXT, prefix="txt"),
+                           sampler=TinySampler(N_TEXT, seed + 1, rank, world), collate_fn=collate)
     return TrainTask(model=model, loss_fn=TinyLoss(nan_steps, record, nan_grad_steps), dataset=dataset,
                      sampler=TinySampler(len(dataset), seed, rank, world), collate_fn=collate,
-                     evaluate_fn=evaluate_fn if evaluate else None)
+                     evaluate_fn=evaluate_fn if evaluate else None, mt_text=text)
 
 
 def configs(out: str, **kw) -> tuple[TrainConfig, OptimConfig]:
@@ -190,9 +201,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hidden", type=int, default=HIDDEN)
     p.add_argument("--record", action="store_true", help="append batch ids to <out>/batches_rank<r>.jsonl")
     p.add_argument("--offset-init-by-rank", action="store_true", help="rank r starts from weights + r / 100")
+    p.add_argument("--mt-text", action="store_true", help="a second (text) stream as batch['mt_extra']")
     a = p.parse_args(argv)
     rank = dist_info()[0]
-    task = make_task(hidden=a.hidden, record=Path(a.out) / f"batches_rank{rank}.jsonl" if a.record else None)
+    task = make_task(hidden=a.hidden, record=Path(a.out) / f"batches_rank{rank}.jsonl" if a.record else None,
+                     mt_text=a.mt_text)
     if a.offset_init_by_rank:
         with torch.no_grad():
             for param in task.model.parameters():
