@@ -211,7 +211,13 @@ else
 fi
 lang_list="[${langs}]"
 text_mt=()
-if [[ $real_data == 0 ]]; then text_mt=(data.train_manifest="$manifests/text_train.tsv"); fi
+text_comsl=()
+# the mini recipe has far more text than speech: stage 1 trains on all of it, and stage 2's MT task keeps
+# reading it next to the speech batches' transcripts (issue 16.1)
+if [[ $real_data == 0 ]]; then
+  text_mt=(data.train_manifest="$manifests/text_train.tsv")
+  text_comsl=(data.mt_manifest="$manifests/text_train.tsv")
+fi
 common=(data.train_manifest="$manifests/train.tsv" data.dev_manifest="$manifests/dev.tsv" data.langs="$lang_list")
 
 # ----------------------------------------------------------------------------- stage 1: data
@@ -259,7 +265,7 @@ fi
 if want 3 comsl; then
   t0=$(date +%s); snap_cpu; cpu0=$cpu_now
   echo "[run.sh] stage 3: ComSL multi-task training ($config_comsl, speech blocks: ${speech_init}) -> $out/comsl"
-  comsl train "$config_comsl" "${common[@]}" "${tokenizer_args[@]}" "${model_comsl[@]}" \
+  comsl train "$config_comsl" "${common[@]}" "${tokenizer_args[@]}" "${model_comsl[@]}" "${text_comsl[@]}" \
     train.out_dir="$out/comsl" train.init_from="$out/mt/final" train.teacher="$out/mt/final" \
     "${overrides_comsl[@]}"
   timing comsl "$(elapsed "$t0")"

@@ -96,3 +96,42 @@ def test_train_and_evaluate_print_no_transformers_warning(corpus, tmp_path):
     assert caught == []
     assert any("dev/bleu_avg" in r for r in records(mt)) and any("dev/bleu_avg" in r for r in records(st))
     assert (tmp_path / "eval" / "report.json").is_file()
+
+
+def _text_manifest(corpus: Path, out: Path) -> Path:
+    """Text-only pairs (audio ``-``) like the mini recipe's text_train.tsv: new sentences, every language."""
+    from comsl.data.manifest import write_manifest
+
+    rows = [{"id": f"text_{lang}_{i}", "audio": "-", "n_samples": 0, "duration": 0.0, "src_lang": lang,
+             "tgt_lang": "en", "transcript": f"{word} numéro {i}", "translation": f"{word} number {i} here"}
+            for lang, word in (("fr", "phrase"), ("es", "frase"), ("de", "Satz")) for i in range(12)]
+    write_manifest(out, rows)
+    return out
+
+
+def test_stage_two_with_extra_mt_text_trains_and_logs_it(corpus, tmp_path, capsys):
+    mt = tmp_path / "mt"
+    assert main(["train", str(ROOT / "configs/mini_mt_tiny.yaml"), *TINY, *paths(corpus, mt), "train.max_steps=1",
+                 "train.eval_every=0"]) == 0
+    text = _text_manifest(corpus, tmp_path / "text_train.tsv")
+    st = tmp_path / "comsl"
+    stage2 = ["train", str(ROOT / "configs/mini_tiny.yaml"), *TINY, *paths(corpus, st), "train.max_steps=2",
+              f"train.init_from={mt / 'final'}", f"train.teacher={mt / 'final'}", "train.eval_every=0",
+              "data.langs=[fr,es]", "data.mt_tokens_per_batch=64", "data.train_sample_utterances=0"]
+    assert main([*stage2, f"data.mt_manifest={tmp_path / 'nowhere.tsv'}"]) == 2
+    assert "data.mt_manifest: " in capsys.readouterr().err and not st.exists()
+    assert main([*stage2, f"data.mt_manifest={text}"]) == 0
+    logged = [r for r in records(st) if "loss/total" in r]
+    assert len(logged) == 2
+    for r in logged:
+        assert all(math.isfinite(r[k]) for k in ("loss/mt", "loss/st", "loss/total")), r
+        assert r["pad_ratio/mt_tokens"] >= 1.0 and r["pad_ratio/tokens"] >= 1.0
+    state = json.loads(next((st / "checkpoints").glob("step_*/trainer_state.json")).read_text())
+    assert (state["mt_epoch"], state["mt_batch_in_epoch"]) == (0, 2)  # one text batch per step
+
+    from comsl.config import load_config
+    from comsl.training.task import build_task
+
+    cfg = load_config(stage2[1], [*stage2[2:], f"data.mt_manifest={text}", f"train.out_dir={tmp_path / 'x'}"])
+    pairs = build_task(cfg).mt_text.dataset
+    assert len(pairs) == 24 and {e["src_lang"] for e in pairs.entries} == {"fr", "es"}  # data.langs: no German
