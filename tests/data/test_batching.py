@@ -165,6 +165,21 @@ def test_padding_counts_from_masks():
     assert padding_counts({"transcript_mask": torch.ones(2, 3)}) == {"tokens": (6, 6)}
 
 
+def test_padding_counts_of_the_mt_pass_with_extra_text():
+    """``mt_tokens``: the batch's 2 rows and the extra row padded together, as the MT pass runs them."""
+    from comsl.models.encodings import mt_rows
+
+    batch = {"transcript_mask": torch.tensor([[1, 1], [1, 0]]), "translation_mask": torch.tensor([[1, 1, 1, 1]] * 2)}
+    batch["mt_extra"] = {"transcript_mask": torch.tensor([[1, 1, 1]]), "translation_mask": torch.tensor([[1, 1]])}
+    for part in (batch, batch["mt_extra"]):
+        part.update({k.replace("_mask", "_ids"): m.clone() for k, m in list(part.items()) if k.endswith("_mask")})
+    counts = padding_counts(batch)
+    assert counts["tokens"] == (12, 11)  # the speech batch's own text, as without extra rows
+    assert counts["mt_tokens"] == (3 * 3 + 3 * 4, 3 + 3 + 8 + 2)
+    _, src_mask, _, tgt_mask = mt_rows(batch, pad_id=0)
+    assert counts["mt_tokens"] == (src_mask.numel() + tgt_mask.numel(), int(src_mask.sum() + tgt_mask.sum()))
+
+
 def test_collator_pads_text_and_computes_features():
     items = [
         {"id": "a", "src_lang": "fr", "src_lang_id": 7, "transcript_ids": [7, 10, 11, 2],

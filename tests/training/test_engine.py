@@ -12,7 +12,7 @@ from comsl.config import OptimConfig, TrainConfig
 from comsl.training.engine import deepspeed_config
 from comsl.training.logging import read_metrics
 
-from .tiny_task import TinyModel, assert_same_run, fit, losses, run_script, trained_params
+from .tiny_task import N_TEXT, TinyModel, TinySampler, assert_same_run, fit, losses, run_script, trained_params
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "deepspeed"
 
@@ -46,10 +46,11 @@ def test_zero_stage_trains_checkpoints_and_resumes(tmp_path, stage):
 
 def test_two_process_ddp_trains_checkpoints_and_resumes(tmp_path):
     out = tmp_path / "ddp"
-    assert run_script(out, "--stop-after", "4", "--record", torchrun=True) == {"step": 4, "resumed_from": None}
+    assert run_script(out, "--stop-after", "4", "--record", "--mt-text", torchrun=True) == {"step": 4,
+                                                                                         "resumed_from": None}
     ckpt4 = out / "checkpoints" / "step_4"
     assert (ckpt4 / "rank_0.pt").is_file() and (ckpt4 / "rank_1.pt").is_file()
-    assert run_script(out, "--record", torchrun=True) == {"step": 8, "resumed_from": 4}
+    assert run_script(out, "--record", "--mt-text", torchrun=True) == {"step": 8, "resumed_from": 4}
     records = read_metrics(out / "metrics.jsonl")
     assert [r["step"] for r in records] == list(range(1, 9))
     assert all(r["loss/total"] > 0 for r in records)
@@ -58,6 +59,12 @@ def test_two_process_ddp_trains_checkpoints_and_resumes(tmp_path):
     assert len(ids) == len(ids1) == 8
     # The two ranks see different batches of the same steps.
     assert ids[0] != ids1[0]
+    # The second stream (stage 2's extra MT text): each rank its own shard, continued across the resume.
+    for rank in (0, 1):
+        sampler = TinySampler(N_TEXT, 2, rank, 2)  # make_task's text sampler: seed + 1
+        expected = [b for epoch in range(3) for b in (sampler.set_epoch(epoch), list(sampler))[1]][:8]
+        lines = (out / f"batches_rank{rank}.jsonl").read_text().splitlines()
+        assert [json.loads(line)["mt_ids"] for line in lines] == [[f"txt{i}" for i in b] for b in expected]
 
 
 def test_ddp_ranks_start_from_rank_0s_weights_and_stay_identical(tmp_path):
