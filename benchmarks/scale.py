@@ -29,13 +29,14 @@ import soundfile as sf
 import torch
 from torch.utils.data import DataLoader
 
-from comsl.config import ModelConfig
+from comsl.config import ModelConfig, ObjectiveConfig
 from comsl.data.batching import Collator, LengthBucketSampler
 from comsl.data.dataset import SpeechDataset
 from comsl.data.features import build_frontend
 from comsl.data.manifest import write_manifest
 from comsl.data.tokenizer import train_tokenizer
 from comsl.models.build import TINY_SPEECH_ARCH, TINY_TEXT_ARCH, build_model
+from comsl.objectives.multitask import ComSLMultiTaskLoss
 
 WORDS = "le chat dort sur un tapis rouge près de la grande fenêtre ouverte ce matin".split()
 LANGS = ("fr", "de", "es", "it")
@@ -54,7 +55,8 @@ def make_clips(clip_dir: Path, n: int, seed: int = 0) -> list[tuple[str, int]]:
             t = np.arange(int(seconds * sr)) / sr
             wave = 0.2 * np.sin(2 * np.pi * rng.uniform(100, 3000) * t) + 0.02 * rng.standard_normal(t.shape)
             sf.write(path, wave.astype(np.float32), sr)
-        clips.append((str(path), int(sf.info(path).frames * 16000 // sr)))
+        # absolute: the manifest reader resolves relative paths against the manifest's directory
+        clips.append((str(path.resolve()), int(sf.info(path).frames * 16000 // sr)))
     return clips
 
 
@@ -169,6 +171,9 @@ def main(argv: list[str] | None = None) -> None:
     # 2. training: the model step timed on its own
     model = build_model(ModelConfig(speech_arch=dict(TINY_SPEECH_ARCH["whisper"]), text_arch=dict(TINY_TEXT_ARCH)),
                         tokenizer).train()
+    loss_fn = ComSLMultiTaskLoss(ObjectiveConfig(w_asr=0.0, w_st=1.0, w_mt=0.0, w_cml=0.0, lambda_st=0.0,
+                                                 lambda_mt=0.0), mask_token_id=None,
+                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     model_seconds = 0.0
     epoch = 0
@@ -181,8 +186,7 @@ def main(argv: list[str] | None = None) -> None:
             it = iter(loader)
             batch = next(it)
         start = time.perf_counter()
-        loss = model(speech=batch["speech"], speech_mask=batch["speech_mask"], src_lang_ids=batch["src_lang_ids"],
-                     target_ids=batch["translation_ids"], target_mask=batch["translation_mask"]).loss
+        loss, _ = loss_fn(model, batch)  # the ST objective, as comsl train computes it
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
