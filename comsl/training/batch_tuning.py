@@ -143,6 +143,17 @@ def longest_items(dataset, index: int, max_frames: int, max_tokens: int, n: int,
     return [item] * n
 
 
+def longest_text_batch(text) -> dict | None:
+    """The largest extra MT text batch (``TrainTask.mt_text``) its sampler can draw: its longest pair,
+    stretched to that length, as many times as the token budget allows; None without extra text."""
+    if text is None:
+        return None
+    lengths = text.sampler.token_lengths
+    longest = int(np.argmax(lengths))
+    rows = max(1, text.sampler.max_tokens // int(lengths[longest]))
+    return text.collate_fn(longest_items(text.dataset, longest, 0, int(lengths[longest]), rows, False))
+
+
 def _is_oom(err: BaseException) -> bool:
     text = str(err).lower()
     return isinstance(err, (MemoryError, torch.cuda.OutOfMemoryError)) or (
@@ -151,12 +162,17 @@ def _is_oom(err: BaseException) -> bool:
 
 def _probe_step(engine, task, meter: PeakMemory, speech: bool) -> Callable[[Bucket, int, int], int | None]:
     """``step(bucket, index, n)``: one real training step on ``n`` copies of item ``index`` stretched to
-    ``bucket``'s longest shapes; its peak memory in bytes, or None when memory ran out."""
+    ``bucket``'s longest shapes (with the largest extra MT text batch when the task draws one); its peak
+    memory in bytes, or None when memory ran out."""
+    extra = longest_text_batch(task.mt_text)
+
     def step(bucket: Bucket, index: int, n: int) -> int | None:
         meter.reset()
         try:
             batch = task.collate_fn(longest_items(task.dataset, index, bucket.max_frames, bucket.max_tokens, n,
                                                   speech))
+            if extra is not None:
+                batch["mt_extra"] = extra
             total, _ = engine.forward(engine.prepare(batch), last_micro=True)
             engine.backward(total)
             engine.step()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
+import torch
 import yaml
 
 from comsl.cli import main
@@ -80,6 +82,45 @@ def test_tune_batches_writes_bucket_sizes_that_train_uses(corpus, tmp_path, caps
     for name, (padded, real) in padding_counts(first).items():
         assert math.isclose(record[f"pad_ratio/{name}"], padded / real)
     assert {"pad_ratio/frames", "pad_ratio/tokens"} <= set(record)
+
+
+def test_probe_steps_carry_the_largest_extra_mt_text_batch(corpus, tmp_path):
+    """With data.mt_manifest the probed step also runs the MT task's extra rows: its longest pair, as many
+    rows as data.mt_tokens_per_batch allows."""
+    from comsl.config import load_config
+    from comsl.data.manifest import read_manifest, write_manifest
+    from comsl.training.batch_tuning import PeakMemory, _probe_step
+    from comsl.training.task import build_task
+
+    text = tmp_path / "text_train.tsv"
+    rows = read_manifest(corpus / "manifests" / "train.tsv")
+    write_manifest(text, [{**r, "id": f"text_{r['id']}", "audio": "-"} for r in rows])
+    cfg = load_config(ROOT / "configs/mini_tiny.yaml", [*TINY, *corpus_paths(corpus, tmp_path / "run"), *STAGE2,
+                                                       f"data.mt_manifest={text}", "data.mt_tokens_per_batch=100"])
+    task = build_task(cfg)
+    longest = int(task.mt_text.sampler.token_lengths.max())
+    seen = []
+
+    class Recorder:  # the engine's calls, without training
+        def prepare(self, batch):
+            return batch
+
+        def forward(self, batch, last_micro):
+            seen.append(batch)
+            return torch.zeros(()), {}
+
+        def backward(self, total):
+            pass
+
+        def step(self):
+            return True
+
+    step = _probe_step(Recorder(), task, PeakMemory(torch.device("cpu")), speech=True)
+    bucket = task.sampler.buckets[0]
+    assert step(bucket, int(np.flatnonzero(task.sampler.item_bucket == 0)[0]), 2) is not None
+    extra = seen[0]["mt_extra"]
+    assert extra["translation_ids"].shape == (100 // longest, longest)
+    assert extra["transcript_mask"].all() and seen[0]["translation_ids"].shape[0] == 2
 
 
 def test_tune_batches_budget_below_one_utterance_is_a_clear_error(corpus, tmp_path, capsys):
