@@ -409,14 +409,16 @@ class DeepSpeedEngine(Engine):
         self.model = model
         self.device = self.ds.device if isinstance(self.ds.device, torch.device) else torch.device(self.ds.device)
         self.float_dtype = DTYPES.get(self.precision)
+        if self.float_dtype is not None and hasattr(loss_fn, "to"):
+            loss_fn.to(self.float_dtype)  # the frozen teacher, outside DeepSpeed's module: 16 bit like the student
 
     def prepare(self, batch):
         # DeepSpeed casts the module to 16 bit; float inputs must follow.
         return to_device(batch, self.device, self.float_dtype)
 
     def forward(self, batch, last_micro):
-        # DeepSpeed has cast the student to 16 bit; autocast also puts the frozen teacher (kept outside
-        # DeepSpeed's module) on 16-bit matmuls and keeps autocast's float32 ops (losses) in float32.
+        # DeepSpeed has cast the student to 16 bit and __init__ the frozen teacher; autocast keeps its
+        # float32 ops (softmax, losses) in float32.
         with self.autocast():
             return self.ds(batch)
 

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from comsl.config import ObjectiveConfig, OptimConfig, TrainConfig
 from comsl.objectives import ComSLMultiTaskLoss
 from comsl.training import precision
-from comsl.training.engine import TorchEngine
+from comsl.training.engine import DeepSpeedEngine, TorchEngine
 from comsl.training.freezing import FreezePolicy
 from comsl.training.schedule import param_groups
 from tests.helpers import speech_batch, speech_input
@@ -111,6 +111,21 @@ def test_bf16_trains_bf16_weights_and_the_optimizer_owns_float32_masters(make_mo
         assert torch.equal(p, master[n].bfloat16()), n  # the bf16 copy is the updated master rounded
     moved = {model.part_of(n) for n in master if not torch.equal(master[n], before[n])}
     assert moved == {"adapter", "text_encoder", "text_decoder"}  # the frozen speech encoder's masters stay
+
+
+@needs_bf16
+def test_deepspeed_bf16_runs_the_frozen_teacher_in_bf16_like_the_student(make_model, tokenizer):
+    model, teacher = make_model(seed=0).train(), make_model(seed=1)
+    loss = ComSLMultiTaskLoss(ObjectiveConfig(), mask_token_id=tokenizer.mask_token_id, teacher=teacher,
+                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    optim = OptimConfig(lr=1e-3)
+    engine = DeepSpeedEngine(model, loss, param_groups(model, optim), optim=optim,
+                             train=TrainConfig(engine="deepspeed", zero_stage=2, precision="bf16"))
+    assert {p.dtype for p in [*model.parameters(), *teacher.parameters()]} == {torch.bfloat16}
+    total, parts = engine.forward(engine.prepare(speech_batch(tokenizer, *speech_input("whisper", [230, 97]))),
+                                  last_micro=True)
+    assert total.dtype == torch.float32 and torch.isfinite(total) and "mt" in parts
+    engine.backward(total)
 
 
 @needs_bf16
