@@ -65,7 +65,7 @@ class Trainer:
     """One contender: its own copy of the model, loss (with teacher) and optimizer; ``precision`` fp32 or
     bf16, trained as ``train.precision: bf16`` trains in the torch engine: bf16 weights (and teacher) with
     float32 masters that AdamW updates (``comsl.training.master_weights``), float inputs cast to bf16, the
-    forward under autocast. A step is ``forward`` -> ``backward`` -> ``update``."""
+    forward under autocast; fused AdamW, as the engine's. A step is ``forward`` -> ``backward`` -> ``update``."""
 
     def __init__(self, model, precision: str = "fp32", objectives=None):
         self.model = copy.deepcopy(model).train()
@@ -77,7 +77,7 @@ class Trainer:
             self.masters = MasterWeights(self.model, groups, torch.bfloat16)
             groups = self.masters.param_groups
             self.loss.to(torch.bfloat16)
-        self.opt = torch.optim.AdamW(groups, lr=1e-4)
+        self.opt = torch.optim.AdamW(groups, lr=1e-4, fused=True)  # as the engine's
 
     def forward(self, batch: dict):
         if self.masters is not None:

@@ -14,7 +14,9 @@ separate step (``comsl.models.build``).
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +30,7 @@ from comsl.models.beam_search import beam_search, unsupported_settings
 from comsl.models.encodings import Encodings, Plan, encode_batch
 from comsl.models.length_adapter import LengthAdapter
 from comsl.models.speech_encoders import SPEECH_ENCODERS, build_speech_encoder
-from comsl.models.text_models import build_text_model, decoder_start_id, lm_logits
+from comsl.models.text_models import LinearHead, build_text_model, decoder_start_id, linear_head, lm_logits
 from comsl.parts import ADAPTER, OTHER, PARTS, SPEECH, TEXT_DECODER, TEXT_ENCODER
 
 
@@ -224,6 +226,25 @@ class ComSLModel(PreTrainedModel):
         hidden, mask = self.adapter(speech_hidden, s_mask)
         return SpeechEncoding(hidden, mask, speech_hidden, s_mask)
 
+    @contextlib.contextmanager
+    def sparse_embedding_grads(self, enabled: bool = True):
+        """Within: lookups of the token embedding tied to the LM head give sparse gradients (their rows
+        only, not a zero-filled vocabulary x dimension tensor per lookup). Only for a forward whose loss
+        is sure to give the head its dense gradient too (the tied weight's gradient then sums to dense,
+        what optimizers, DDP and ZeRO expect); not under ZeRO-3, whose weight is a partition. CPU only:
+        there the zero-filled gradients and their sums are memory-bound work of the step."""
+        weight = self.text_model.lm_head.weight
+        embeddings = [m for m in self.text_model.modules() if isinstance(m, nn.Embedding) and m.weight is weight
+                      and m.weight.requires_grad and not hasattr(weight, "ds_id")
+                      ] if enabled and weight.device.type == "cpu" else []
+        for m in embeddings:
+            m.sparse = True
+        try:
+            yield
+        finally:
+            for m in embeddings:
+                m.sparse = False
+
     def speech_inputs_embeds(
         self, enc: SpeechEncoding, src_lang_ids: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -258,6 +279,12 @@ class ComSLModel(PreTrainedModel):
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """LM head (+ mBART's final logits bias) over decoder states (..., D) -> (..., V)."""
         return lm_logits(self.text_model, hidden)
+
+    def loss_head(self) -> LinearHead | Callable[[torch.Tensor], torch.Tensor]:
+        """The LM head for the cross-entropy: its tensors (the fused loss), unless ZeRO-3 partitions the
+        weight, which only a module call gathers: then ``lm_logits``."""
+        head = linear_head(self.text_model)
+        return self.lm_logits if hasattr(head.weight, "ds_id") else head
 
     def teacher_forcing(self, target_ids: torch.Tensor, target_mask: torch.Tensor
                         ) -> tuple[torch.Tensor, torch.Tensor]:

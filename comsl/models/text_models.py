@@ -7,6 +7,10 @@ checkpoints load by name. Language codes of each family are spelled by the token
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
 from transformers import (
     M2M100Config,
     M2M100ForConditionalGeneration,
@@ -35,6 +39,26 @@ def build_text_model(family: str, config: PreTrainedConfig) -> PreTrainedModel:
     if not isinstance(config, config_cls):
         raise ValueError(f"text model {family!r} needs a {config_cls.__name__}, got {type(config).__name__}")
     return model_cls(config)
+
+
+@dataclass(frozen=True)
+class LinearHead:
+    """An LM head that is one linear map, given by its tensors so the fused cross-entropy
+    (``comsl.objectives.cross_entropy``) can use them directly: logits = hidden @ weight.T + bias.
+    ``bias`` (mBART's ``final_logits_bias``, a buffer) is a constant: no gradient reaches it."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None = None
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        return F.linear(hidden, self.weight, None if self.bias is None else self.bias.to(self.weight.dtype))
+
+
+def linear_head(text_model: PreTrainedModel) -> LinearHead:
+    """The LM head's tensors: the (tied) output embedding and mBART's ``final_logits_bias`` flattened to (V,)
+    (M2M100/NLLB have none)."""
+    bias = getattr(text_model, "final_logits_bias", None)
+    return LinearHead(text_model.lm_head.weight, None if bias is None else bias.reshape(-1))
 
 
 def lm_logits(text_model: PreTrainedModel, hidden):

@@ -4,18 +4,31 @@ computed in chunks of tokens so the (tokens x vocabulary) logits never exist at 
 This one formula serves every text objective: ASR, STM and MTP (λ = 0), ST with decoder distribution
 matching (soft = sg(P_MT), λs) and MT with regularisation (soft = P_teacher, λt):
   L = Σ_t Σ_v [(1 - λ)·((1 - ε)·1(y_t = v) + ε/V) + λ·q_t(v)] · -log p_t(v),  averaged over scored tokens,
-with ε the label smoothing. p and q come from decoder states through an LM head, chunk by chunk; each
-chunk is recomputed in backward (activation checkpointing), so forward keeps only the states.
-Log-softmax runs in float32 whatever the autocast dtype of the head's matmul.
+with ε the label smoothing. p and q come from decoder states through an LM head, chunk by chunk, and
+are recomputed in backward, so forward keeps only the states. Log-softmax runs in float32 whatever the
+autocast dtype of the head's matmul.
+
+Two implementations of the same formula: a head given as its weight and bias (``LinearHead``, what the
+composite passes) runs a fused function with a hand-written backward. Per chunk its forward needs only
+the log-sum-exp, the label's logit, the mean logit (label smoothing) and q·z (the soft target), because
+-log p(v) = lse - z_v and Σ_v q(v) = 1; its backward recomputes the chunk's logits once and forms
+dL/dz = p - (1-λ)(1-ε)·onehot - (1-λ)ε/V - λq in place, adding the chunk's weight gradient into one
+buffer. Any other callable head (the composite's under ZeRO-3) takes the generic path: autograd
+over each chunk under activation checkpointing, which repeats the forward and keeps every
+intermediate of log-softmax.
 """
 
 from __future__ import annotations
 
+import contextlib
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
+
+from comsl.models.text_models import LinearHead
 
 Head = Callable[[torch.Tensor], torch.Tensor]
 """An LM head: decoder states (N, D) -> logits (N, V) (``ComSLModel.lm_logits``)."""
@@ -38,6 +51,174 @@ def _chunk_loss(hidden: torch.Tensor, labels: torch.Tensor, soft_hidden: torch.T
     return ((1 - lam) * hard - lam * (q * logp).sum(-1)).sum()
 
 
+def _autocast_on(device: str) -> bool:
+    return torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
+
+
+def _compute_dtype(weight: torch.Tensor) -> torch.dtype:
+    """The head matmul's dtype: autocast's where autocast is on (fp16 over float32 weights), else the weight's."""
+    if _autocast_on(weight.device.type) and weight.dtype == torch.float32:
+        return torch.get_autocast_dtype(weight.device.type)
+    return weight.dtype
+
+
+def _logits(head: LinearHead, hidden: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """float32 logits of one chunk; the matmul in ``dtype``."""
+    bias = None if head.bias is None else head.bias.to(dtype)
+    return F.linear(hidden.to(dtype), head.weight.to(dtype), bias).float()
+
+
+@dataclass
+class Scored:
+    """One objective's decoder states and labels for ``head_cross_entropies``; the keyword arguments of
+    ``head_cross_entropy``."""
+
+    hidden: torch.Tensor
+    labels: torch.Tensor
+    soft_hidden: torch.Tensor | None = None
+    soft_head: Head | None = None
+    lam: float = 0.0
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class _Rows:
+    """The scored rows of one ``Scored`` inside the concatenated rows of the fused loss."""
+
+    start: int
+    stop: int
+    coef: tuple[float, float, float]  # (1-λ)(1-ε), (1-λ)ε, λ: weights of -log p(y), the uniform and q
+    soft: torch.Tensor | None
+    soft_head: Head | None
+
+
+def _soft_dot(rows: list[_Rows], z: torch.Tensor, lo: int, with_q=None) -> torch.Tensor | None:
+    """λ·q·z per row of the chunk of logits ``z`` starting at row ``lo`` (None without soft targets); with
+    ``with_q``, calls ``with_q(local rows, λ·q)`` instead (the backward's use)."""
+    hi, out = lo + z.shape[0], None
+    for r in rows:
+        a, b = max(r.start, lo), min(r.stop, hi)
+        if r.soft is None or a >= b:
+            continue
+        q = F.softmax(r.soft_head(r.soft[a - r.start:b - r.start]).float(), dim=-1).mul_(r.coef[2])
+        if with_q is not None:
+            with_q(slice(a - lo, b - lo), q)
+            continue
+        out = z.new_zeros(z.shape[0]) if out is None else out
+        out[a - lo:b - lo] = (q * z[a - lo:b - lo]).sum(-1)
+    return out
+
+
+class _FusedHeadCrossEntropy(torch.autograd.Function):
+    """Per-row mixed-target cross-entropy of ``hidden @ weight.T + bias`` (module docstring) for the rows
+    of several objectives at once, so the head's weight gradient is formed once. Differentiable in
+    ``hidden`` and ``weight``; every label is scored (no -100)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, head, labels, coef, rows, chunk):
+        dtype = _compute_dtype(weight)
+        lse = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        loss = torch.empty_like(lse)
+        for lo in range(0, hidden.shape[0], chunk):
+            part = slice(lo, lo + chunk)
+            z = _logits(head, hidden[part], dtype)
+            lse[part] = torch.logsumexp(z, dim=-1)
+            # Σ_v target(v)·(lse - z_v), the target's weights summing to 1
+            row = lse[part] - coef[part, 0] * z.gather(1, labels[part, None])[:, 0] - coef[part, 1] * z.mean(-1)
+            soft = _soft_dot(rows, z, lo)
+            loss[part] = row if soft is None else row - soft
+        ctx.save_for_backward(hidden, labels, coef, lse)
+        ctx.head, ctx.rows, ctx.chunk, ctx.dtype = head, rows, chunk, dtype
+        ctx.autocast = _autocast_on(hidden.device.type)  # soft heads are recomputed under it
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        hidden, labels, coef, lse = ctx.saved_tensors
+        head, dtype = ctx.head, ctx.dtype
+        weight = head.weight.to(dtype)
+        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_weight = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
+        with torch.no_grad():
+            for lo in range(0, hidden.shape[0], ctx.chunk):
+                part = slice(lo, lo + ctx.chunk)
+                h = hidden[part].to(dtype)
+                g = _logits(head, h, dtype).sub_(lse[part, None]).exp_()  # p, in place of the logits
+                # dL/dz = p - (1-λ)(1-ε)·onehot - (1-λ)ε/V - λq
+                g[torch.arange(g.shape[0], device=g.device), labels[part]] -= coef[part, 0]
+                g -= coef[part, 1:2] / g.shape[1]
+                with torch.autocast(hidden.device.type, dtype=dtype) if ctx.autocast else contextlib.nullcontext():
+                    _soft_dot(ctx.rows, g, lo, with_q=lambda local, q: g[local].sub_(q))
+                g = g.mul_(grad_loss[part, None]).to(dtype)
+                if grad_hidden is not None:
+                    grad_hidden[part] = (g @ weight).to(hidden.dtype)
+                if grad_weight is not None:
+                    grad_weight.addmm_(g.t(), h)
+        if grad_weight is not None:
+            grad_weight = grad_weight.to(head.weight.dtype)
+        return grad_hidden, grad_weight, None, None, None, None, None
+
+
+def _fusable(head) -> bool:
+    """A ``LinearHead`` whose bias is a constant (the fused backward gives it no gradient)."""
+    return isinstance(head, LinearHead) and (head.bias is None or not head.bias.requires_grad)
+
+
+def _fused(scored: list[Scored], head: LinearHead, chunk: int) -> list[torch.Tensor]:
+    """``head_cross_entropies`` through one ``_FusedHeadCrossEntropy`` over every objective's scored rows."""
+    hidden, labels, coef, rows, start = [], [], [], [], 0
+    for s in scored:
+        valid = s.labels != -100
+        h = s.hidden[valid]
+        n = h.shape[0]
+        lam = s.lam if s.soft_hidden is not None else 0.0
+        c = ((1 - lam) * (1 - s.label_smoothing), (1 - lam) * s.label_smoothing, lam)
+        soft = s.soft_hidden[valid].detach() if lam != 0.0 else None
+        rows.append(_Rows(start, start + n, c, soft, (s.soft_head or head) if soft is not None else None))
+        hidden.append(h)
+        labels.append(s.labels[valid])
+        coef.append(torch.tensor(c, dtype=torch.float32, device=s.hidden.device).expand(n, 3))
+        start += n
+    if start == 0:  # nothing scored: zeros that still give the head (tied embedding) a dense gradient
+        return [(head.weight.sum() * 0.0).float() for _ in scored]
+    loss = _FusedHeadCrossEntropy.apply(torch.cat(hidden), head.weight, head, torch.cat(labels),
+                                        torch.cat(coef), rows, chunk)
+    return [loss[r.start:r.stop].mean() if r.stop > r.start else s.hidden.sum().float() * 0.0
+            for r, s in zip(rows, scored)]
+
+
+def head_cross_entropies(scored: list[Scored], head: Head, vocab_size: int | None = None) -> list[torch.Tensor]:
+    """``head_cross_entropy`` of each ``Scored`` (one 0-dim float32 mean each). A ``LinearHead`` computes all
+    of them in one fused pass over their concatenated rows (one weight gradient for all); another head
+    scores them one by one."""
+    if vocab_size is None:
+        with torch.no_grad():
+            vocab_size = head(scored[0].hidden.reshape(-1, scored[0].hidden.shape[-1])[:1]).shape[-1]
+    chunk = max(1, LOGITS_PER_CHUNK // vocab_size)
+    if _fusable(head):
+        return _fused(scored, head, chunk)
+    return [_checkpointed(s, head, chunk) for s in scored]
+
+
+def _checkpointed(s: Scored, head: Head, chunk: int) -> torch.Tensor:
+    """One objective through autograd over each chunk under activation checkpointing (any head)."""
+    valid = s.labels != -100
+    hidden, labels = s.hidden[valid], s.labels[valid]
+    if hidden.shape[0] == 0:
+        return hidden.sum().float() * 0.0
+    use_soft = s.soft_hidden is not None and s.lam != 0.0
+    soft = s.soft_hidden[valid].detach() if use_soft else None
+    soft_head = (s.soft_head or head) if use_soft else None
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, hidden.shape[0], chunk):
+        part = slice(start, start + chunk)
+        args = (hidden[part], labels[part], None if soft is None else soft[part], head, soft_head, s.lam,
+                s.label_smoothing)
+        total = total + (checkpoint(_chunk_loss, *args, use_reentrant=False, preserve_rng_state=False)
+                         if torch.is_grad_enabled() else _chunk_loss(*args))
+    return total / hidden.shape[0]
+
+
 def head_cross_entropy(hidden: torch.Tensor, labels: torch.Tensor, head: Head, *,
                        soft_hidden: torch.Tensor | None = None, soft_head: Head | None = None, lam: float = 0.0,
                        label_smoothing: float = 0.0, vocab_size: int | None = None) -> torch.Tensor:
@@ -49,22 +230,5 @@ def head_cross_entropy(hidden: torch.Tensor, labels: torch.Tensor, head: Head, *
     ``vocab_size`` sets the chunk length (default: one probe of the head). Returns a 0-dim float32
     tensor (0 if nothing is scored).
     """
-    valid = labels != -100
-    hidden, labels = hidden[valid], labels[valid]
-    if hidden.shape[0] == 0:
-        return hidden.sum().float() * 0.0
-    use_soft = soft_hidden is not None and lam != 0.0
-    soft = soft_hidden[valid].detach() if use_soft else None
-    soft_head = (soft_head or head) if use_soft else None
-    if vocab_size is None:
-        with torch.no_grad():
-            vocab_size = head(hidden[:1]).shape[-1]
-    chunk = max(1, LOGITS_PER_CHUNK // vocab_size)
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, hidden.shape[0], chunk):
-        part = slice(start, start + chunk)
-        args = (hidden[part], labels[part], None if soft is None else soft[part], head, soft_head, lam,
-                label_smoothing)
-        total = total + (checkpoint(_chunk_loss, *args, use_reentrant=False, preserve_rng_state=False)
-                         if torch.is_grad_enabled() else _chunk_loss(*args))
-    return total / hidden.shape[0]
+    return head_cross_entropies([Scored(hidden, labels, soft_hidden, soft_head, lam, label_smoothing)], head,
+                                vocab_size)[0]

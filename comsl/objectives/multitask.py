@@ -17,8 +17,6 @@ L = w_asr·L_ASR + w_st·L_ST + w_mt·L_MT + w_cml·L_CML (+ w_ctc·L_CTC + w_ma
 
 from __future__ import annotations
 
-from functools import partial
-
 import torch
 
 from comsl.config import ObjectiveConfig
@@ -26,7 +24,7 @@ from comsl.errors import ConfigError
 from comsl.models.composite import ComSLModel
 from comsl.models.encodings import Encodings, Plan
 from comsl.objectives.cml import ERM_VARIANTS, combine_cml
-from comsl.objectives.cross_entropy import head_cross_entropy
+from comsl.objectives.cross_entropy import Scored, head_cross_entropies
 from comsl.objectives.ctc import ctc_loss
 from comsl.objectives.matching import matching_loss
 
@@ -47,24 +45,24 @@ def score(cfg: ObjectiveConfig, enc: Encodings, model: ComSLModel, batch: dict, 
     """The weighted total and the named parts (asr, st, mt, mtp, stm_src, stm_tgt, erm, cml, ctc, match:
     those computed) of ``enc``. ``teacher_states`` are the teacher's MT decoder states (for λt > 0).
     Raises ConfigError when no objective applies to the batch."""
-    ce = partial(head_cross_entropy, head=model.lm_logits, label_smoothing=cfg.label_smoothing,
-                 vocab_size=model.config.text_config.vocab_size)
     states, labels = enc.states, enc.labels
-    parts: dict[str, torch.Tensor] = {}
+    scored: dict[str, Scored] = {}
+    ls = cfg.label_smoothing
     if "mt" in states:
-        soft = dict(soft_hidden=teacher_states, soft_head=teacher.lm_logits) if teacher_states is not None else {}
-        parts["mt"] = ce(states["mt"], labels["mt"], lam=cfg.lambda_mt, **soft)
+        soft = dict(soft_hidden=teacher_states, soft_head=teacher.loss_head()) if teacher_states is not None else {}
+        scored["mt"] = Scored(states["mt"], labels["mt"], lam=cfg.lambda_mt, label_smoothing=ls, **soft)
     if "st" in states:
         mt = states["mt"] if "mt" in states else states.get("mt_target")
         if mt is not None:  # DDM's target: the batch's own rows (not the extra MT text), at ST's length
             mt = mt[: states["st"].shape[0], : states["st"].shape[1]]
-        parts["st"] = ce(states["st"], labels["st"], soft_hidden=mt, lam=cfg.lambda_st)
-    if "asr" in states:
-        parts["asr"] = ce(states["asr"], labels["asr"])
+        scored["st"] = Scored(states["st"], labels["st"], soft_hidden=mt, lam=cfg.lambda_st, label_smoothing=ls)
+    for name in ("asr", "stm_src", "stm_tgt", "mtp"):
+        if name in states:
+            scored[name] = Scored(states[name], labels[name], label_smoothing=0.0 if name == "mtp" else ls)
+    # one pass of the LM head over every objective's scored positions (one weight gradient)
+    parts: dict[str, torch.Tensor] = dict(zip(scored, head_cross_entropies(
+        list(scored.values()), model.loss_head(), vocab_size=model.config.text_config.vocab_size))) if scored else {}
     if "mtp" in states:
-        parts["stm_src"] = ce(states["stm_src"], labels["stm_src"])
-        parts["stm_tgt"] = ce(states["stm_tgt"], labels["stm_tgt"])
-        parts["mtp"] = ce(states["mtp"], labels["mtp"], label_smoothing=0.0)
         if enc.erm is not None:
             parts["erm"] = ERM_VARIANTS[cfg.erm_variant](*enc.erm)
         parts["cml"] = combine_cml(parts["stm_src"], parts["stm_tgt"], parts["mtp"], parts.get("erm"), cfg.w_erm)
@@ -117,7 +115,9 @@ class ComSLMultiTaskLoss:
             raise ConfigError("objectives.w_ctc > 0 but the model has no CTC head (build it with ctc_head)")
         if plan.match and model.match_head is None:
             raise ConfigError("objectives.w_match > 0 but the model has no matching head (build it with match_head)")
-        enc = model(batch, plan)
+        # every objective scored by the LM head gives the tied embedding a dense gradient, so lookups may be sparse
+        with model.sparse_embedding_grads(enabled=plan.mt or plan.st or plan.asr or plan.cml):
+            enc = model(batch, plan)
         teacher_states = None
         if plan.mt and self.cfg.lambda_mt > 0:
             with torch.no_grad():  # frozen: no autograd state

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from comsl.models.cml_inputs import mask_transcript, pack_pair, unpack_pair
+from comsl.models.text_models import LinearHead
 from comsl.objectives import cross_entropy
 from comsl.objectives.cml import combine_cml, erm_mse, erm_reference
 from comsl.objectives.cross_entropy import head_cross_entropy
@@ -214,3 +215,82 @@ def test_chunked_head_cross_entropy_equals_unfused_in_value_and_gradient(monkeyp
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     for a, b in zip(got_grads, want_grads):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def _segments(g, n, d, v, dtype=torch.float32):
+    """Four objectives' states: plain CE, label smoothing, and soft targets from two different heads."""
+    def states(rows):
+        return torch.randn(rows, d, generator=g).to(dtype).requires_grad_()
+
+    def labels(rows):
+        y = torch.randint(0, v, (rows,), generator=g)
+        y[::3] = -100
+        return y
+
+    soft_a, soft_b = torch.randn(v, d, generator=g).to(dtype), torch.randn(v, d, generator=g).to(dtype)
+    specs = [(0.0, 0.0, None), (0.0, 0.1, None), (0.8, 0.0, soft_a), (0.2, 0.1, soft_b)]
+    return [dict(hidden=states(n + k), labels=labels(n + k), soft_hidden=torch.randn(n + k, d, generator=g).to(dtype),
+                 soft_weight=w, lam=lam, ls=ls) for k, (lam, ls, w) in enumerate(specs)]
+
+
+def _joint(segs, weight, bias):
+    return cross_entropy.head_cross_entropies(
+        [cross_entropy.Scored(s["hidden"], s["labels"],
+                              s["soft_hidden"] if s["soft_weight"] is not None else None,
+                              LinearHead(s["soft_weight"]) if s["soft_weight"] is not None else None,
+                              s["lam"], s["ls"]) for s in segs], LinearHead(weight, bias))
+
+
+@pytest.mark.parametrize("tokens_per_chunk", [3, 1000])
+def test_fused_joint_head_cross_entropy_equals_unfused_per_objective(monkeypatch, tokens_per_chunk):
+    """Four objectives through one fused pass (chunks straddling their boundaries) give each objective's
+    unfused value, and the gradients of a weighted sum, to float32 precision."""
+    g = torch.Generator().manual_seed(1)
+    n, d, v = 7, 8, 50
+    segs = _segments(g, n, d, v)
+    weight = torch.randn(v, d, generator=g, requires_grad=True)
+    bias = torch.randn(v, generator=g)
+    monkeypatch.setattr(cross_entropy, "LOGITS_PER_CHUNK", tokens_per_chunk * v)
+    got = _joint(segs, weight, bias)
+    want = [_unfused(s["hidden"], weight, bias, s["labels"], s["soft_hidden"],
+                     s["soft_weight"] if s["soft_weight"] is not None else torch.zeros(v, d), s["lam"], s["ls"])
+            for s in segs]
+    mix = torch.tensor([0.35, 0.2, 0.35, 0.1])
+    inputs = [s["hidden"] for s in segs] + [weight]
+    got_grads = torch.autograd.grad((torch.stack(got) * mix).sum(), inputs)
+    want_grads = torch.autograd.grad((torch.stack(want) * mix).sum(), inputs)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    for a, b in zip(got_grads, want_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_head_cross_entropy_is_one_node_and_bf16_close_to_float32():
+    """All objectives share one backward node (one weight gradient), and bf16 weights and states give
+    the float32 values to bf16 precision."""
+    g = torch.Generator().manual_seed(2)
+    n, d, v = 9, 16, 64
+    segs = _segments(g, n, d, v)
+    weight = torch.randn(v, d, generator=g, requires_grad=True)
+    got = _joint(segs, weight, None)
+    nodes, stack = set(), [torch.stack(got).sum().grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is not None and node not in nodes:
+            nodes.add(node)
+            stack.extend(f for f, _ in node.next_functions)
+    assert sum(type(f).__name__ == "_FusedHeadCrossEntropyBackward" for f in nodes) == 1
+    g16 = torch.Generator().manual_seed(2)
+    segs16 = _segments(g16, n, d, v, torch.bfloat16)
+    low = _joint(segs16, weight.detach().to(torch.bfloat16).requires_grad_(), None)
+    for a, b in zip(low, got):
+        assert a.dtype == torch.float32
+        assert float(a) == pytest.approx(float(b), rel=3e-2)
+
+
+def test_fused_head_cross_entropy_with_nothing_scored_is_zero_with_a_dense_head_gradient():
+    weight = torch.randn(10, 4, requires_grad=True)
+    (loss,) = cross_entropy.head_cross_entropies(
+        [cross_entropy.Scored(torch.randn(3, 4, requires_grad=True), torch.full((3,), -100))], LinearHead(weight))
+    loss.backward()
+    assert float(loss) == 0.0 and weight.grad is not None and not weight.grad.is_sparse

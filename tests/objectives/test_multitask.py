@@ -112,6 +112,32 @@ def test_gradients_full_comsl_reach_all_trainable_parameters_not_teacher(make_mo
     assert not any(p.requires_grad for p in teacher.parameters())
 
 
+def test_sparse_tied_embedding_lookups_give_the_dense_gradients(make_model, tokenizer, batch, monkeypatch):
+    """The full ComSL loss's gradients are those of dense embedding lookups, and the tied weight's is dense."""
+    import contextlib
+
+    from comsl.models import ComSLModel
+
+    grads = []
+    for sparse in (True, False):
+        if not sparse:
+            monkeypatch.setattr(ComSLModel, "sparse_embedding_grads",
+                                lambda self, enabled=True: contextlib.nullcontext())
+        model, teacher = make_model().train(), make_model(seed=1)
+        torch.manual_seed(0)
+        lookups = []
+        emb = model.text_model.get_input_embeddings()
+        emb.register_forward_pre_hook(lambda m, args: lookups.append(m.sparse))
+        total, _ = make_loss(tokenizer, teacher)(model, batch)
+        total.backward()
+        assert lookups and all(s == sparse for s in lookups) and not emb.sparse
+        assert not emb.weight.grad.is_sparse
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-5, atol=1e-6, msg=name)
+
+
 def test_gradients_st_only(make_model, tokenizer, batch):
     model = make_model().train()
     total, _ = make_loss(tokenizer, None, w_asr=0, w_mt=0, w_cml=0, lambda_st=0)(model, batch)

@@ -72,7 +72,7 @@ def test_autocast_still_applies_when_asked(precision, make_model, tokenizer):
     loss = ComSLMultiTaskLoss(ObjectiveConfig(w_mt=0.0, w_cml=0.0, w_asr=0.0), mask_token_id=tokenizer.mask_token_id,
                               eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     dtypes = []
-    model.text_model.lm_head.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+    model.text_model.model.decoder.layers[0].fc1.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
     engine = engine_module.TorchEngine(model, loss, param_groups(model, OptimConfig()), optim=OptimConfig(),
                                        train=TrainConfig(precision=precision))
     total, _ = engine.forward(engine.prepare(speech_batch(tokenizer, *speech_input("whisper", [230, 97]))),
