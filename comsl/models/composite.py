@@ -26,6 +26,7 @@ from transformers import AutoConfig, PreTrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput
 
 from comsl.languages import TARGET_CODE
+from comsl.models import attention
 from comsl.models.beam_search import beam_search, unsupported_settings
 from comsl.models.encodings import Encodings, Plan, encode_batch
 from comsl.models.length_adapter import LengthAdapter
@@ -137,6 +138,8 @@ class ComSLModel(PreTrainedModel):
         self._speech_frozen = False
         self.tokenizer = None  # set by the builder or from_pretrained; saved with the model
         self.post_init()
+        if config._attn_implementation in (None, "sdpa"):  # SDPA but for short 16-bit CPU training attention
+            config._attn_implementation = attention.NAME
 
     # ------------------------------------------------------------------ self-contained directories
 
