@@ -33,8 +33,10 @@ from comsl.models.text_models import LinearHead
 Head = Callable[[torch.Tensor], torch.Tensor]
 """An LM head: decoder states (N, D) -> logits (N, V) (``ComSLModel.lm_logits``)."""
 
-LOGITS_PER_CHUNK = 1 << 24
-"""Logit elements (tokens x vocabulary) per chunk: 64 MB of float32, ~67 tokens at mBART-50's 250k."""
+LOGITS_PER_CHUNK = 1 << 26
+"""Logit elements (tokens x vocabulary) per chunk: 256 MB of float32, ~268 tokens at mBART-50's 250k. Each
+chunk adds its product into the (vocabulary x d) weight gradient, a pass over it: fewer, larger chunks
+make fewer passes (BENCHMARKS.md)."""
 
 
 def _chunk_loss(hidden: torch.Tensor, labels: torch.Tensor, soft_hidden: torch.Tensor | None, head: Head,
@@ -138,7 +140,7 @@ class _FusedHeadCrossEntropy(torch.autograd.Function):
         head, dtype = ctx.head, ctx.dtype
         weight = head.weight.to(dtype)
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
-        grad_weight = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
+        grad_weight = None  # the first chunk's product, then each chunk added in place (no zero-filled start)
         with torch.no_grad():
             for lo in range(0, hidden.shape[0], ctx.chunk):
                 part = slice(lo, lo + ctx.chunk)
@@ -152,8 +154,8 @@ class _FusedHeadCrossEntropy(torch.autograd.Function):
                 g = g.mul_(grad_loss[part, None]).to(dtype)
                 if grad_hidden is not None:
                     grad_hidden[part] = (g @ weight).to(hidden.dtype)
-                if grad_weight is not None:
-                    grad_weight.addmm_(g.t(), h)
+                if ctx.needs_input_grad[1]:
+                    grad_weight = g.t() @ h if grad_weight is None else grad_weight.addmm_(g.t(), h)
         if grad_weight is not None:
             grad_weight = grad_weight.to(head.weight.dtype)
         return grad_hidden, grad_weight, None, None, None, None, None
