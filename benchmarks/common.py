@@ -1,13 +1,16 @@
 """Shared pieces of the benchmarks: the benchmark model, a CoVoST-like synthetic corpus, batches, timing.
 
-Two model shapes (``SHAPES``), both d_model 256 with 64-dimensional heads and ffn 4 x d_model:
+Model shapes (``SHAPES``), all with 64-dimensional heads and ffn 4 x d_model, d_model 256 unless said:
 
 * ``small``: Whisper encoder 4 layers, mBART 3+3 layers, vocabulary 8192 (text-heavy: the speech
   encoder is only ~40% of the forward);
 * ``paper``: ComSL Medium's proportions at a quarter of its width so it trains on 2 CPU cores. Medium
   is Whisper-medium's encoder (24 layers, d1024) + mBART-50 (12+12 layers, d1024, vocabulary 250k):
   the speech encoder has twice the text encoder's depth and the vocabulary is ~244 x d_model. Here:
-  speech 12 layers, text 6+6 layers, vocabulary 62,500 (= 250k x 256 / 1024).
+  speech 12 layers, text 6+6 layers, vocabulary 62,500 (= 250k x 256 / 1024);
+* ``medium_width``: ComSL Medium's real width (d 1024, 16 heads, ffn 4096, vocabulary 250,000) at a
+  truncated depth (speech 4, text 2+2 layers) that fits this machine: the efficiency benchmark's second
+  shape, where matmuls are large enough for the matrix units.
 
 Weights are random; features are random log-mel frames (no audio decoding), so only the shapes matter.
 """
@@ -41,6 +44,7 @@ N_MELS = 80
 SHAPES = {
     "small": dict(vocab=8192, speech_layers=4, text_layers=3),
     "paper": dict(vocab=62_500, speech_layers=12, text_layers=6),
+    "medium_width": dict(vocab=250_000, speech_layers=4, text_layers=2, d_speech=1024, d_text=1024),
 }
 
 
@@ -180,7 +184,7 @@ def peak_rss_probe(step, repeats: int = 2) -> float:
 
 # forward functions whose cumulative time ``breakdown`` reports; the frozen teacher's calls are included
 PASSES = [("encode_speech", "speech encoder + adapter"), ("encode_embeds", "text encoder passes"),
-          ("decode_hidden", "decoder passes"), ("lm_logits", "LM head (scored positions)")]
+          ("decode_hidden", "decoder passes"), ("head_cross_entropies", "LM head + cross-entropy")]
 
 
 def breakdown(trainer, batches: list[dict]) -> dict[str, float]:

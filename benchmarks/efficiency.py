@@ -33,20 +33,22 @@ from comsl.training.precision import cpu_has_bf16  # noqa: E402
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="12 utterances and 3 matmul repeats instead of 48 and 10")
+    p.add_argument("--quick", action="store_true",
+                   help="12 utterances (8 at medium_width) and 3 matmul repeats instead of 48 (16) and 10")
     p.add_argument("--utterances", type=int, default=0, help="override the number of utterances")
     p.add_argument("--shape", choices=sorted(SHAPES), default="paper",
                    help="benchmark model shape (common.SHAPES): small, or ComSL Medium's proportions")
     args = p.parse_args(argv)
     if not cpu_has_bf16():
         print("this CPU has no bf16 matrix units: bf16 figures are for emulated bf16")
-    n = args.utterances or (12 if args.quick else 48)
+    kwargs = shape_kwargs(args.shape)
+    wide = kwargs.get("d_text", 256) > 256  # ComSL Medium's width: ~16x the FLOPs per token
+    n = args.utterances or ((8 if args.quick else 16) if wide else (12 if args.quick else 48))
     repeats = 3 if args.quick else 10
     peak = {"fp32": matmul_flops_per_s(torch.float32, repeats=repeats),
             "bf16": matmul_flops_per_s(torch.bfloat16, repeats=repeats)}
 
     corpus = covost_like(n, seed=4)
-    kwargs = shape_kwargs(args.shape)
     base = bench_model(**kwargs)
     batches = [make_batch(corpus, b, kwargs["vocab"], seed=k) for k, b in enumerate(batches_of("ours", corpus, seed=4))]
     flops = sum(comsl_step_flops(base, b)["total"] for b in batches)

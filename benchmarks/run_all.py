@@ -6,7 +6,8 @@ and multi-task benchmarks run once per model shape (common.SHAPES; default both)
 values carry the plain keys, the ``small`` shape's the same keys with ``_small`` appended. The last line
 printed here is ``train_speedup_vs_pad11=X train_speedup_vs_pad11_b1=X train_speedup_vs_pad30=X
 multitask_overhead=X decode_speedup=X decode_speedup_bf16=X features_speedup=X bf16_speedup=X mfu_bf16=X``
-followed by the ``_small`` variants. Exits non-zero if a benchmark fails (e.g. decoding outputs differ
+followed by ``bf16_speedup_medium_width`` and ``mfu_bf16_medium_width`` (efficiency at ComSL Medium's
+real width, d 1024 and a 250k vocabulary, at truncated depth) and the ``_small`` variants. Exits non-zero if a benchmark fails (e.g. decoding outputs differ
 from transformers' generate).
 
 ``--quick`` is sized to finish within 15 minutes on a quiet 2-core machine: every benchmark runs its
@@ -27,6 +28,7 @@ BENCHMARKS = ["features", "decoding", "efficiency", "multitask", "train_step", "
 SHAPED = {"multitask", "train_step"}  # benchmarks that take --shape
 SUMMARY = ["train_speedup_vs_pad11", "train_speedup_vs_pad11_b1", "train_speedup_vs_pad30", "multitask_overhead",
            "decode_speedup", "decode_speedup_bf16", "features_speedup", "bf16_speedup", "mfu_bf16"]
+WIDTH_KEYS = ["bf16_speedup", "mfu_bf16"]  # efficiency at ComSL Medium's width (common.SHAPES["medium_width"])
 SHAPED_KEYS = ["train_speedup_vs_pad11", "train_speedup_vs_pad11_b1", "train_speedup_vs_pad30",
                "multitask_overhead"]
 
@@ -59,6 +61,10 @@ def main() -> None:
     shapes = ["paper", "small"] if args.shape == "both" else [args.shape]
     values: dict[str, str] = {}
     for name in args.only or BENCHMARKS:
+        if name == "efficiency":  # the paper shape, then ComSL Medium's real width at truncated depth
+            values.update(run(name, args.quick))
+            values.update({k + "_medium_width": v for k, v in run(name, args.quick, "medium_width").items()})
+            continue
         if name not in SHAPED:
             values.update(run(name, args.quick))
             continue
@@ -66,7 +72,7 @@ def main() -> None:
             suffix = "" if shape == "paper" else "_small"
             extra = ("--no-memory",) if args.quick and name == "train_step" and shape == "small" else ()
             values.update({k + suffix: v for k, v in run(name, args.quick, shape, extra).items()})
-    keys = SUMMARY + [k + "_small" for k in SHAPED_KEYS]
+    keys = SUMMARY + [k + "_medium_width" for k in WIDTH_KEYS] + [k + "_small" for k in SHAPED_KEYS]
     print(f"=== all: {time.perf_counter() - t0:.0f} s", flush=True)
     print(" ".join(f"{k}={values[k]}" for k in keys if k in values))
 
