@@ -19,7 +19,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 NAME = "comsl"
-EXPLICIT_MAX = 128 * 128
+EXPLICIT_MAX = 176 * 176
 """Query x key positions up to which 16-bit CPU training takes the explicit form (BENCHMARKS.md)."""
 
 
