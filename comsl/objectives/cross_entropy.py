@@ -64,12 +64,6 @@ def _compute_dtype(weight: torch.Tensor) -> torch.dtype:
     return weight.dtype
 
 
-def _logits(head: LinearHead, hidden: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """float32 logits of one chunk; the matmul in ``dtype``."""
-    bias = None if head.bias is None else head.bias.to(dtype)
-    return F.linear(hidden.to(dtype), head.weight.to(dtype), bias).float()
-
-
 @dataclass
 class Scored:
     """One objective's decoder states and labels for ``head_cross_entropies``; the keyword arguments of
@@ -94,21 +88,47 @@ class _Rows:
     soft_head: Head | None
 
 
-def _soft_dot(rows: list[_Rows], z: torch.Tensor, lo: int, with_q=None) -> torch.Tensor | None:
-    """λ·q·z per row of the chunk of logits ``z`` starting at row ``lo`` (None without soft targets); with
-    ``with_q``, calls ``with_q(local rows, λ·q)`` instead (the backward's use)."""
-    hi, out = lo + z.shape[0], None
+class _Workspace:
+    """The (chunk x vocabulary) buffers of one pass, allocated once and reused by every chunk: on CPU a fresh
+    tensor of this size is fresh pages, and faulting them in cost more than the work done in them."""
+
+    def __init__(self, rows: int, vocab: int, dtype: torch.dtype, device: torch.device):
+        self.logits = torch.empty(rows, vocab, dtype=torch.float32, device=device)
+        self.soft = torch.empty_like(self.logits)
+        self.low = torch.empty(rows, vocab, dtype=dtype, device=device) if dtype != torch.float32 else None
+
+    def logits_of(self, head: Head, hidden: torch.Tensor, dtype: torch.dtype, out: torch.Tensor) -> torch.Tensor:
+        """float32 logits of ``hidden`` (n, D) in ``out[:n]``, the matmul in ``dtype``."""
+        n = hidden.shape[0]
+        if not isinstance(head, LinearHead):  # a soft head given as any callable
+            return out[:n].copy_(head(hidden))
+        target = out[:n] if self.low is None else self.low[:n]
+        weight = head.weight.to(dtype)
+        if head.bias is None:
+            torch.mm(hidden.to(dtype), weight.t(), out=target)
+        else:
+            torch.addmm(head.bias.to(dtype), hidden.to(dtype), weight.t(), out=target)
+        return target if self.low is None else out[:n].copy_(target)
+
+    def low_precision(self, g: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``g`` in ``dtype`` (the reused buffer when that is not float32)."""
+        return g if self.low is None else self.low[:g.shape[0]].copy_(g)
+
+
+def _softmax_(z: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dimension in place."""
+    z.sub_(z.amax(-1, keepdim=True)).exp_()
+    return z.div_(z.sum(-1, keepdim=True))
+
+
+def _soft_rows(rows: list[_Rows], lo: int, n: int, ws: _Workspace, dtype: torch.dtype):
+    """(local rows, λ·q) of the soft targets overlapping chunk rows [lo, lo + n); q in the workspace."""
     for r in rows:
-        a, b = max(r.start, lo), min(r.stop, hi)
+        a, b = max(r.start, lo), min(r.stop, lo + n)
         if r.soft is None or a >= b:
             continue
-        q = F.softmax(r.soft_head(r.soft[a - r.start:b - r.start]).float(), dim=-1).mul_(r.coef[2])
-        if with_q is not None:
-            with_q(slice(a - lo, b - lo), q)
-            continue
-        out = z.new_zeros(z.shape[0]) if out is None else out
-        out[a - lo:b - lo] = (q * z[a - lo:b - lo]).sum(-1)
-    return out
+        q = ws.logits_of(r.soft_head, r.soft[a - r.start:b - r.start], dtype, ws.soft[a - lo:])
+        yield slice(a - lo, b - lo), _softmax_(q).mul_(r.coef[2])
 
 
 class _FusedHeadCrossEntropy(torch.autograd.Function):
@@ -119,18 +139,25 @@ class _FusedHeadCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, head, labels, coef, rows, chunk):
         dtype = _compute_dtype(weight)
-        lse = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        n_all = hidden.shape[0]
+        ws = _Workspace(min(chunk, n_all), weight.shape[0], dtype, hidden.device)
+        lse = torch.empty(n_all, dtype=torch.float32, device=hidden.device)
         loss = torch.empty_like(lse)
-        for lo in range(0, hidden.shape[0], chunk):
+        smoothing = bool((coef[:, 1] > 0).any())
+        for lo in range(0, n_all, chunk):
             part = slice(lo, lo + chunk)
-            z = _logits(head, hidden[part], dtype)
-            lse[part] = torch.logsumexp(z, dim=-1)
-            # Σ_v target(v)·(lse - z_v), the target's weights summing to 1
-            row = lse[part] - coef[part, 0] * z.gather(1, labels[part, None])[:, 0] - coef[part, 1] * z.mean(-1)
-            soft = _soft_dot(rows, z, lo)
-            loss[part] = row if soft is None else row - soft
+            z = ws.logits_of(head, hidden[part], dtype, ws.logits)
+            # Σ_v target(v)·(lse - z_v), the target's weights summing to 1; lse is added below
+            row = -coef[part, 0] * z.gather(1, labels[part, None])[:, 0]
+            if smoothing:
+                row -= coef[part, 1] * z.mean(-1)
+            for local, q in _soft_rows(rows, lo, z.shape[0], ws, dtype):
+                row[local] -= torch.bmm(q[:, None, :], z[local, :, None])[:, 0, 0]
+            top = z.amax(-1, keepdim=True)
+            lse[part] = (top + z.sub_(top).exp_().sum(-1, keepdim=True).log_())[:, 0]  # z is spent here
+            loss[part] = row + lse[part]
         ctx.save_for_backward(hidden, labels, coef, lse)
-        ctx.head, ctx.rows, ctx.chunk, ctx.dtype = head, rows, chunk, dtype
+        ctx.head, ctx.rows, ctx.chunk, ctx.dtype, ctx.smoothing = head, rows, chunk, dtype, smoothing
         ctx.autocast = _autocast_on(hidden.device.type)  # soft heads are recomputed under it
         return loss
 
@@ -139,19 +166,22 @@ class _FusedHeadCrossEntropy(torch.autograd.Function):
         hidden, labels, coef, lse = ctx.saved_tensors
         head, dtype = ctx.head, ctx.dtype
         weight = head.weight.to(dtype)
+        ws = _Workspace(min(ctx.chunk, hidden.shape[0]), weight.shape[0], dtype, hidden.device)
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         grad_weight = None  # the first chunk's product, then each chunk added in place (no zero-filled start)
         with torch.no_grad():
             for lo in range(0, hidden.shape[0], ctx.chunk):
                 part = slice(lo, lo + ctx.chunk)
                 h = hidden[part].to(dtype)
-                g = _logits(head, h, dtype).sub_(lse[part, None]).exp_()  # p, in place of the logits
+                g = ws.logits_of(head, h, dtype, ws.logits).sub_(lse[part, None]).exp_()  # p, in place
                 # dL/dz = p - (1-λ)(1-ε)·onehot - (1-λ)ε/V - λq
                 g[torch.arange(g.shape[0], device=g.device), labels[part]] -= coef[part, 0]
-                g -= coef[part, 1:2] / g.shape[1]
+                if ctx.smoothing:
+                    g -= coef[part, 1:2] / g.shape[1]
                 with torch.autocast(hidden.device.type, dtype=dtype) if ctx.autocast else contextlib.nullcontext():
-                    _soft_dot(ctx.rows, g, lo, with_q=lambda local, q: g[local].sub_(q))
-                g = g.mul_(grad_loss[part, None]).to(dtype)
+                    for local, q in _soft_rows(ctx.rows, lo, g.shape[0], ws, dtype):
+                        g[local] -= q
+                g = ws.low_precision(g.mul_(grad_loss[part, None]), dtype)
                 if grad_hidden is not None:
                     grad_hidden[part] = (g @ weight).to(hidden.dtype)
                 if ctx.needs_input_grad[1]:

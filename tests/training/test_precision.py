@@ -174,15 +174,19 @@ def test_objectives_take_softmax_and_losses_in_float32_under_bf16(make_model, to
     from comsl.data.batching import pad_ids
     from comsl.data.processor import encode
 
+    from comsl.objectives import cross_entropy
+
     seen = []
-    for name in ("softmax", "log_softmax"):
-        real = getattr(torch.nn.functional, name)
+    # every softmax of the step: the fused cross-entropy's (in place), attention's explicit form, any other
+    for owner, name in ((torch.nn.functional, "softmax"), (torch.nn.functional, "log_softmax"),
+                        (torch, "softmax"), (cross_entropy, "_softmax_")):
+        real = getattr(owner, name)
 
         def spy(x, *a, _real=real, **k):
             seen.append(x.dtype)
             return _real(x, *a, **k)
 
-        monkeypatch.setattr(torch.nn.functional, name, spy)
+        monkeypatch.setattr(owner, name, spy)
     model = make_model().train()
     teacher = make_model(seed=1)
     loss = ComSLMultiTaskLoss(ObjectiveConfig(), mask_token_id=tokenizer.mask_token_id, teacher=teacher,
