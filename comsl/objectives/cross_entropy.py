@@ -94,8 +94,14 @@ class _Workspace:
 
     def __init__(self, rows: int, vocab: int, dtype: torch.dtype, device: torch.device):
         self.logits = torch.empty(rows, vocab, dtype=torch.float32, device=device)
-        self.soft = torch.empty_like(self.logits)
+        self._soft: torch.Tensor | None = None  # only for batches with soft targets
         self.low = torch.empty(rows, vocab, dtype=dtype, device=device) if dtype != torch.float32 else None
+
+    @property
+    def soft(self) -> torch.Tensor:
+        if self._soft is None:
+            self._soft = torch.empty_like(self.logits)
+        return self._soft
 
     def logits_of(self, head: Head, hidden: torch.Tensor, dtype: torch.dtype, out: torch.Tensor) -> torch.Tensor:
         """float32 logits of ``hidden`` (n, D) in ``out[:n]``, the matmul in ``dtype``."""
