@@ -88,14 +88,22 @@ class _Rows:
     soft_head: Head | None
 
 
+BLOCK_ELEMENTS = 1 << 19
+"""float32 logits per block of rows in the loss's elementwise work on CPU: 2 MB, one core's L2 cache."""
+
+
 class _Workspace:
-    """The (chunk x vocabulary) buffers of one pass, allocated once and reused by every chunk: on CPU a fresh
-    tensor of this size is fresh pages, and faulting them in cost more than the work done in them."""
+    """Buffers of one pass, allocated once and reused by every chunk (on CPU a fresh tensor of this size is
+    fresh pages, and faulting them in cost more than the work done in them): the chunk's logits and soft
+    logits in the matmul's dtype, and on CPU float32 scratch for one block of rows. The elementwise work runs
+    block by block, so each block's dozen passes stay in cache instead of sweeping the chunk in memory."""
 
     def __init__(self, rows: int, vocab: int, dtype: torch.dtype, device: torch.device):
-        self.logits = torch.empty(rows, vocab, dtype=torch.float32, device=device)
+        self.dtype = dtype
+        self.block = max(1, BLOCK_ELEMENTS // vocab) if device.type == "cpu" else rows
+        self.logits = torch.empty(rows, vocab, dtype=dtype, device=device)
         self._soft: torch.Tensor | None = None  # only for batches with soft targets
-        self.low = torch.empty(rows, vocab, dtype=dtype, device=device) if dtype != torch.float32 else None
+        self._scratch: dict[str, torch.Tensor] = {}
 
     @property
     def soft(self) -> torch.Tensor:
@@ -103,22 +111,23 @@ class _Workspace:
             self._soft = torch.empty_like(self.logits)
         return self._soft
 
-    def logits_of(self, head: Head, hidden: torch.Tensor, dtype: torch.dtype, out: torch.Tensor) -> torch.Tensor:
-        """float32 logits of ``hidden`` (n, D) in ``out[:n]``, the matmul in ``dtype``."""
-        n = hidden.shape[0]
+    def matmul(self, head: Head, hidden: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Logits of ``hidden`` (n, D) in ``out[:n]``, the matmul in the workspace's dtype."""
+        n, out = hidden.shape[0], out[:hidden.shape[0]]
         if not isinstance(head, LinearHead):  # a soft head given as any callable
-            return out[:n].copy_(head(hidden))
-        target = out[:n] if self.low is None else self.low[:n]
-        weight = head.weight.to(dtype)
+            return out.copy_(head(hidden))
+        weight = head.weight.to(self.dtype)
         if head.bias is None:
-            torch.mm(hidden.to(dtype), weight.t(), out=target)
-        else:
-            torch.addmm(head.bias.to(dtype), hidden.to(dtype), weight.t(), out=target)
-        return target if self.low is None else out[:n].copy_(target)
+            return torch.mm(hidden.to(self.dtype), weight.t(), out=out)
+        return torch.addmm(head.bias.to(self.dtype), hidden.to(self.dtype), weight.t(), out=out)
 
-    def low_precision(self, g: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """``g`` in ``dtype`` (the reused buffer when that is not float32)."""
-        return g if self.low is None else self.low[:g.shape[0]].copy_(g)
+    def f32(self, block: torch.Tensor, name: str) -> torch.Tensor:
+        """``block`` in float32: itself when it already is (changed in place then), else a scratch copy."""
+        if block.dtype == torch.float32:
+            return block
+        if name not in self._scratch:
+            self._scratch[name] = torch.empty(self.block, block.shape[1], dtype=torch.float32, device=block.device)
+        return self._scratch[name][:block.shape[0]].copy_(block)
 
 
 def _softmax_(z: torch.Tensor) -> torch.Tensor:
@@ -127,14 +136,26 @@ def _softmax_(z: torch.Tensor) -> torch.Tensor:
     return z.div_(z.sum(-1, keepdim=True))
 
 
-def _soft_rows(rows: list[_Rows], lo: int, n: int, ws: _Workspace, dtype: torch.dtype):
-    """(local rows, λ·q) of the soft targets overlapping chunk rows [lo, lo + n); q in the workspace."""
+def _soft_logits(rows: list[_Rows], lo: int, n: int, ws: _Workspace) -> list[tuple[int, int, float]]:
+    """Soft-target logits of chunk rows [lo, lo + n) into ``ws.soft`` at their chunk-local rows; returns the
+    (start, stop, λ) ranges, chunk-local, that have one."""
+    ranges = []
     for r in rows:
         a, b = max(r.start, lo), min(r.stop, lo + n)
         if r.soft is None or a >= b:
             continue
-        q = ws.logits_of(r.soft_head, r.soft[a - r.start:b - r.start], dtype, ws.soft[a - lo:])
-        yield slice(a - lo, b - lo), _softmax_(q).mul_(r.coef[2])
+        ws.matmul(r.soft_head, r.soft[a - r.start:b - r.start], ws.soft[a - lo:])
+        ranges.append((a - lo, b - lo, r.coef[2]))
+    return ranges
+
+
+def _blocks(n: int, ws: _Workspace, ranges: list[tuple[int, int, float]]):
+    """(block slice, [(rows within the block, λ·q in float32)]) over a chunk of ``n`` rows."""
+    for b0 in range(0, n, ws.block):
+        b1 = min(b0 + ws.block, n)
+        parts = [(max(a, b0) - b0, min(b, b1) - b0, lam) for a, b, lam in ranges if max(a, b0) < min(b, b1)]
+        block = ws.f32(ws.soft[b0:b1], "soft") if parts else None  # one copy: its rows are distinct views
+        yield slice(b0, b1), [(slice(lo, hi), _softmax_(block[lo:hi]).mul_(lam)) for lo, hi, lam in parts]
 
 
 class _FusedHeadCrossEntropy(torch.autograd.Function):
@@ -151,17 +172,18 @@ class _FusedHeadCrossEntropy(torch.autograd.Function):
         loss = torch.empty_like(lse)
         smoothing = bool((coef[:, 1] > 0).any())
         for lo in range(0, n_all, chunk):
-            part = slice(lo, lo + chunk)
-            z = ws.logits_of(head, hidden[part], dtype, ws.logits)
-            # Σ_v target(v)·(lse - z_v), the target's weights summing to 1; lse is added below
-            row = -coef[part, 0] * z.gather(1, labels[part, None])[:, 0]
-            if smoothing:
-                row -= coef[part, 1] * z.mean(-1)
-            for local, q in _soft_rows(rows, lo, z.shape[0], ws, dtype):
-                row[local] -= torch.bmm(q[:, None, :], z[local, :, None])[:, 0, 0]
-            top = z.amax(-1, keepdim=True)
-            lse[part] = (top + z.sub_(top).exp_().sum(-1, keepdim=True).log_())[:, 0]  # z is spent here
-            loss[part] = row + lse[part]
+            logits = ws.matmul(head, hidden[lo:lo + chunk], ws.logits)
+            for blk, soft in _blocks(logits.shape[0], ws, _soft_logits(rows, lo, logits.shape[0], ws)):
+                z, at = ws.f32(logits[blk], "logits"), slice(lo + blk.start, lo + blk.stop)
+                # Σ_v target(v)·(lse - z_v), the target's weights summing to 1; lse is added below
+                row = -coef[at, 0] * z.gather(1, labels[at, None])[:, 0]
+                if smoothing:
+                    row -= coef[at, 1] * z.mean(-1)
+                for local, q in soft:
+                    row[local] -= (q * z[local]).sum(-1)  # in cache (a batched dot is slower here)
+                top = z.amax(-1, keepdim=True)
+                lse[at] = (top + z.sub_(top).exp_().sum(-1, keepdim=True).log_())[:, 0]  # z is spent here
+                loss[at] = row + lse[at]
         ctx.save_for_backward(hidden, labels, coef, lse)
         ctx.head, ctx.rows, ctx.chunk, ctx.dtype, ctx.smoothing = head, rows, chunk, dtype, smoothing
         ctx.autocast = _autocast_on(hidden.device.type)  # soft heads are recomputed under it
@@ -177,21 +199,24 @@ class _FusedHeadCrossEntropy(torch.autograd.Function):
         grad_weight = None  # the first chunk's product, then each chunk added in place (no zero-filled start)
         with torch.no_grad():
             for lo in range(0, hidden.shape[0], ctx.chunk):
-                part = slice(lo, lo + ctx.chunk)
-                h = hidden[part].to(dtype)
-                g = ws.logits_of(head, h, dtype, ws.logits).sub_(lse[part, None]).exp_()  # p, in place
-                # dL/dz = p - (1-λ)(1-ε)·onehot - (1-λ)ε/V - λq
-                g[torch.arange(g.shape[0], device=g.device), labels[part]] -= coef[part, 0]
-                if ctx.smoothing:
-                    g -= coef[part, 1:2] / g.shape[1]
+                h = hidden[lo:lo + ctx.chunk].to(dtype)
+                logits = ws.matmul(head, h, ws.logits)
                 with torch.autocast(hidden.device.type, dtype=dtype) if ctx.autocast else contextlib.nullcontext():
-                    for local, q in _soft_rows(ctx.rows, lo, g.shape[0], ws, dtype):
+                    ranges = _soft_logits(ctx.rows, lo, h.shape[0], ws)
+                for blk, soft in _blocks(h.shape[0], ws, ranges):
+                    at = slice(lo + blk.start, lo + blk.stop)
+                    g = ws.f32(logits[blk], "logits").sub_(lse[at, None]).exp_()  # p, in place
+                    # dL/dz = p - (1-λ)(1-ε)·onehot - (1-λ)ε/V - λq
+                    g[torch.arange(g.shape[0], device=g.device), labels[at]] -= coef[at, 0]
+                    if ctx.smoothing:
+                        g -= coef[at, 1:2] / g.shape[1]
+                    for local, q in soft:
                         g[local] -= q
-                g = ws.low_precision(g.mul_(grad_loss[part, None]), dtype)
+                    logits[blk].copy_(g.mul_(grad_loss[at, None]))  # the chunk's logits become dL/dz
                 if grad_hidden is not None:
-                    grad_hidden[part] = (g @ weight).to(hidden.dtype)
+                    grad_hidden[lo:lo + ctx.chunk] = (logits @ weight).to(hidden.dtype)
                 if ctx.needs_input_grad[1]:
-                    grad_weight = g.t() @ h if grad_weight is None else grad_weight.addmm_(g.t(), h)
+                    grad_weight = logits.t() @ h if grad_weight is None else grad_weight.addmm_(logits.t(), h)
         if grad_weight is not None:
             grad_weight = grad_weight.to(head.weight.dtype)
         return grad_hidden, grad_weight, None, None, None, None, None
