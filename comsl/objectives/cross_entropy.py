@@ -9,11 +9,12 @@ are recomputed in backward, so forward keeps only the states. Log-softmax runs i
 autocast dtype of the head's matmul.
 
 Two implementations of the same formula: a head given as its weight and bias (``LinearHead``, what the
-composite passes) runs a fused function with a hand-written backward. Per chunk its forward needs only
-the log-sum-exp, the label's logit, the mean logit (label smoothing) and q·z (the soft target), because
--log p(v) = lse - z_v and Σ_v q(v) = 1; its backward recomputes the chunk's logits once and forms
-dL/dz = p - (1-λ)(1-ε)·onehot - (1-λ)ε/V - λq in place, adding the chunk's weight gradient into one
-buffer. Any other callable head (the composite's under ZeRO-3) takes the generic path: autograd
+composite passes) runs one fused function over every objective's rows at once, with a hand-written
+backward. Per chunk its forward needs only the log-sum-exp, the label's logit, the mean logit (label
+smoothing) and q·z (the soft target), because -log p(v) = lse - z_v and Σ_v q(v) = 1; its backward
+recomputes the chunk's logits once and forms dL/dz = p - (1-λ)(1-ε)·onehot - (1-λ)ε/V - λq in place,
+adding the chunk's weight gradient into one buffer for all objectives. The per-row work runs in float32
+over blocks of rows that fit in cache (``BLOCK_ELEMENTS``). Any other callable head (the composite's under ZeRO-3) takes the generic path: autograd
 over each chunk under activation checkpointing, which repeats the forward and keeps every
 intermediate of log-softmax.
 """
@@ -34,9 +35,9 @@ Head = Callable[[torch.Tensor], torch.Tensor]
 """An LM head: decoder states (N, D) -> logits (N, V) (``ComSLModel.lm_logits``)."""
 
 LOGITS_PER_CHUNK = 1 << 26
-"""Logit elements (tokens x vocabulary) per chunk: 256 MB of float32, ~268 tokens at mBART-50's 250k. Each
-chunk adds its product into the (vocabulary x d) weight gradient, a pass over it: fewer, larger chunks
-make fewer passes (BENCHMARKS.md)."""
+"""Logit elements (tokens x vocabulary) per chunk, ~268 tokens at mBART-50's 250k: 128 MB in bf16 for the
+fused path (256 MB of float32 for the generic one). Each chunk adds its product into the (vocabulary x d)
+weight gradient, a pass over it: fewer, larger chunks make fewer passes (BENCHMARKS.md)."""
 
 
 def _chunk_loss(hidden: torch.Tensor, labels: torch.Tensor, soft_hidden: torch.Tensor | None, head: Head,
