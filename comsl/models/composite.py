@@ -237,9 +237,9 @@ class ComSLModel(PreTrainedModel):
         what optimizers, DDP and ZeRO expect); not under ZeRO-3, whose weight is a partition. CPU only:
         there the zero-filled gradients and their sums are memory-bound work of the step."""
         weight = self.text_model.lm_head.weight
-        embeddings = [m for m in self.text_model.modules() if isinstance(m, nn.Embedding) and m.weight is weight
-                      and m.weight.requires_grad and not hasattr(weight, "ds_id")
-                      ] if enabled and weight.device.type == "cpu" else []
+        eligible = enabled and weight.device.type == "cpu" and weight.requires_grad and not hasattr(weight, "ds_id")
+        embeddings = [m for m in self.text_model.modules()
+                      if isinstance(m, nn.Embedding) and m.weight is weight] if eligible else []
         for m in embeddings:
             m.sparse = True
         try:

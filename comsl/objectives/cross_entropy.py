@@ -114,7 +114,7 @@ class _Workspace:
 
     def matmul(self, head: Head, hidden: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """Logits of ``hidden`` (n, D) in ``out[:n]``, the matmul in the workspace's dtype."""
-        n, out = hidden.shape[0], out[:hidden.shape[0]]
+        out = out[:hidden.shape[0]]
         if not isinstance(head, LinearHead):  # a soft head given as any callable
             return out.copy_(head(hidden))
         weight = head.weight.to(self.dtype)
