@@ -5,12 +5,12 @@ text encoder run once, outside the timing) and must return identical token ids (
 the benchmark composite with random weights made to behave like a trained one: the decoder's final layer
 norm is scaled (confident next-token distributions) and ``</s>`` gets a logit bias, so hypotheses end
 after a varying number of tokens instead of all running to the cap. Both are run in fp32 and, as a
-second pair, in bf16 (bf16 weights and encoder states, as a bf16-trained model decodes its dev set; autocast
-over float32 weights would cast every weight at every step). Identical tokens are asserted in fp32; in bf16 the
-share of identical hypotheses is printed (32 of 32 in the recorded run; with autocast over float32 weights
-16 of 32): this random model's hypotheses end where the ``</s>`` logit is a near-tie, which bf16 rounding
-in differently shaped matmuls (our beam layout vs generate's) may decide either way. Runs are interleaved. Last line: ``decode_speedup=X decode_speedup_bf16=Y`` (generate / ours, process CPU
-time; the wall-time ratios are printed too).
+second pair, in bf16 (bf16 weights and encoder states, as a bf16-trained model decodes its dev set;
+autocast over float32 weights would cast every weight at every step). Identical tokens are asserted in
+fp32; in bf16 the share of identical hypotheses is printed: this random model's hypotheses end where the
+``</s>`` logit is a near-tie, which bf16 rounding in differently shaped matmuls (our beam layout vs
+generate's) may decide either way. Runs are interleaved. Last line: ``decode_speedup=X
+decode_speedup_bf16=Y`` (generate / ours, process CPU time; the wall-time ratios are printed too).
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ values carry the plain keys, the ``small`` shape's the same keys with ``_small``
 printed here is ``train_speedup_vs_pad11=X train_speedup_vs_pad11_b1=X train_speedup_vs_pad30=X
 multitask_overhead=X decode_speedup=X decode_speedup_bf16=X features_speedup=X bf16_speedup=X mfu_bf16=X``
 followed by ``bf16_speedup_medium_width`` and ``mfu_bf16_medium_width`` (efficiency at ComSL Medium's
-real width, d 1024 and a 250k vocabulary, at truncated depth) and the ``_small`` variants. Exits non-zero if a benchmark fails (e.g. decoding outputs differ
-from transformers' generate).
+real width, d 1024 and a 250k vocabulary, at truncated depth) and the ``_small`` variants. Exits non-zero
+if a benchmark fails (e.g. decoding outputs differ from transformers' generate).
 
 ``--quick`` is sized to finish within 15 minutes on a quiet 2-core machine: every benchmark runs its
 quick size (fewer utterances/repeats, the same contenders), efficiency runs at the paper shape only and

@@ -14,9 +14,9 @@ backward. Per chunk its forward needs only the log-sum-exp, the label's logit, t
 smoothing) and q·z (the soft target), because -log p(v) = lse - z_v and Σ_v q(v) = 1; its backward
 recomputes the chunk's logits once and forms dL/dz = p - (1-λ)(1-ε)·onehot - (1-λ)ε/V - λq in place,
 adding the chunk's weight gradient into one buffer for all objectives. The per-row work runs in float32
-over blocks of rows that fit in cache (``BLOCK_ELEMENTS``). Any other callable head (the composite's under ZeRO-3) takes the generic path: autograd
-over each chunk under activation checkpointing, which repeats the forward and keeps every
-intermediate of log-softmax.
+over blocks of rows that fit in cache (``BLOCK_ELEMENTS``). Any other callable head (the composite's under
+ZeRO-3) takes the generic path: autograd over each chunk under activation checkpointing, which repeats
+the forward and keeps every intermediate of log-softmax.
 """
 
 from __future__ import annotations
